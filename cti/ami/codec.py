@@ -1,0 +1,220 @@
+"""Sans-IO AMI codec: bytes in, messages out; actions in, bytes out.
+
+No sockets and no asyncio here, so the same code parses a live connection, a
+replayed capture and a benchmark, and is tested by feeding it a byte at a time.
+
+Why not panoramisk's parser: it decodes each TCP chunk on its own with
+``errors="ignore"`` (a multibyte character split across reads vanishes) and
+writes header values raw (a CR/LF in a caller ID injects a second action).
+Here a message is decoded only once it is complete, and :func:`encode_action`
+refuses any key or value that could break out of its line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "GREETING_PREFIX",
+    "Decoder",
+    "Message",
+    "ProtocolError",
+    "UnsafeValueError",
+    "encode_action",
+]
+
+GREETING_PREFIX = "Asterisk Call Manager/"
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-]+\Z")
+
+#: A value sent to Asterisk; a sequence repeats the key (``Variable: a=1``, ``Variable: b=2``).
+ActionValue = str | int | float | Sequence[str]
+
+
+class ProtocolError(Exception):
+    """The byte stream cannot be AMI (no greeting, a message over the size limit)."""
+
+
+class UnsafeValueError(ValueError):
+    """An action key or value would break the AMI framing (CR, LF or NUL in it)."""
+
+    def __init__(self, key: str, value: str) -> None:
+        super().__init__(f"AMI field {key!r} holds a CR, LF or NUL character: {value[:40]!r}")
+        self.key = key
+
+
+@dataclass(slots=True)
+class Message:
+    """One AMI message: an event, a response, or the greeting line.
+
+    ``fields`` keeps the first value of every key, which is what nearly every
+    consumer wants; ``repeated`` keeps the later values of keys that occur more
+    than once (``Variable``, ``ChanVariable``, a ``UserEvent``'s own keys).
+    Lines with no ``key: value`` shape (a ``Response: Follows`` body) go to ``body``.
+    """
+
+    fields: dict[str, str]
+    repeated: list[tuple[str, str]] | None = None
+    body: list[str] | None = None
+    raw_size: int = 0
+
+    @property
+    def event(self) -> str | None:
+        return self.fields.get("Event")
+
+    @property
+    def response(self) -> str | None:
+        return self.fields.get("Response")
+
+    @property
+    def action_id(self) -> str | None:
+        return self.fields.get("ActionID")
+
+    @property
+    def is_greeting(self) -> bool:
+        return "Greeting" in self.fields
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.fields.get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        return self.fields[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.fields
+
+    def getall(self, key: str) -> list[str]:
+        """Every value of ``key`` in arrival order."""
+        values = [self.fields[key]] if key in self.fields else []
+        if self.repeated:
+            values.extend(v for k, v in self.repeated if k == key)
+        return values
+
+    def timestamp(self) -> float | None:
+        """The event's ``Timestamp`` (sent when the manager has ``timestampevents``)."""
+        ts = self.fields.get("Timestamp")
+        if ts is None:
+            return None
+        try:
+            return float(ts)
+        except ValueError:
+            return None
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        yield from self.fields.items()
+        if self.repeated:
+            yield from self.repeated
+
+    def encode(self) -> bytes:
+        """Serialise back to wire bytes (the simulator and tests use this)."""
+        lines = [f"{k}: {v}" for k, v in self.items()]
+        if self.body:
+            lines.extend(self.body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@dataclass(slots=True)
+class Decoder:
+    """Incremental AMI parser. ``feed()`` bytes as they arrive; get whole messages back.
+
+    The greeting is a single line; every later message ends with an empty line.
+    Captures saved with bare LF line endings are accepted too (detected on the
+    greeting line), so support staff can replay files that went through an editor.
+    """
+
+    max_message_size: int = 1 << 20
+    expect_greeting: bool = True
+    _buffer: bytearray = field(default_factory=bytearray)
+    _eol: str = "\r\n"
+    _sep: bytes = b"\r\n\r\n"
+
+    def feed(self, data: bytes) -> list[Message]:
+        buf = self._buffer
+        buf += data
+        out: list[Message] = []
+        if self.expect_greeting:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                self._check_size()
+                return out
+            line = bytes(buf[:nl])
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            else:
+                self._eol, self._sep = "\n", b"\n\n"
+            del buf[: nl + 1]
+            self.expect_greeting = False
+            text = line.decode("utf-8", "replace")
+            if not text.startswith(GREETING_PREFIX):
+                raise ProtocolError(f"not an AMI greeting: {text[:80]!r}")
+            out.append(Message({"Greeting": text}, raw_size=nl + 1))
+        sep, eol, seplen = self._sep, self._eol, len(self._sep)
+        start = 0
+        while True:
+            end = buf.find(sep, start)
+            if end < 0:
+                break
+            if end > start:
+                out.append(_parse(buf[start:end].decode("utf-8", "replace"), eol, end - start + seplen))
+            start = end + seplen
+        if start:
+            del buf[:start]
+        # Blank lines between messages (some proxies add them) are not messages.
+        while buf[:2] == b"\r\n" or buf[:1] == b"\n":
+            del buf[: 2 if buf[:1] == b"\r" else 1]
+        self._check_size()
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the end of a message."""
+        return len(self._buffer)
+
+    def _check_size(self) -> None:
+        if len(self._buffer) > self.max_message_size:
+            size = len(self._buffer)
+            self._buffer.clear()
+            raise ProtocolError(f"AMI message over {self.max_message_size} bytes without an end ({size} held)")
+
+
+def _parse(text: str, eol: str, size: int) -> Message:
+    fields: dict[str, str] = {}
+    repeated: list[tuple[str, str]] | None = None
+    body: list[str] | None = None
+    for line in text.split(eol):
+        key, sep, value = line.partition(": ")
+        if not sep:
+            if line.endswith(":") and " " not in line:  # "Key:" with an empty value
+                key, value = line[:-1], ""
+            else:
+                if body is None:
+                    body = []
+                body.append(line)
+                continue
+        if key in fields:
+            if repeated is None:
+                repeated = []
+            repeated.append((key, value))
+        else:
+            fields[key] = value
+    return Message(fields, repeated, body, size)
+
+
+def _check(key: str, value: str) -> str:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise UnsafeValueError(key, value)
+    return value
+
+
+def encode_action(action: str, action_id: str, fields: Mapping[str, ActionValue] | None = None) -> bytes:
+    """Wire bytes for one action; raises :class:`UnsafeValueError` before anything is written."""
+    parts = [f"Action: {_check('Action', action)}", f"ActionID: {_check('ActionID', action_id)}"]
+    for key, value in (fields or {}).items():
+        if not _KEY_RE.match(key):
+            raise UnsafeValueError(key, key)
+        values: Iterable[str] = (
+            [str(value)] if isinstance(value, str | int | float) else [str(v) for v in value]
+        )
+        parts.extend(f"{key}: {_check(key, v)}" for v in values)
+    return ("\r\n".join(parts) + "\r\n\r\n").encode()
