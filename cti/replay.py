@@ -34,19 +34,22 @@ def call_row(call: Call) -> dict[str, Any]:
 
 
 def replay_chunks(chunks: Iterable[bytes], *, agents: Sequence[AgentConfig] = ()) -> Iterator[dict[str, Any]]:
-    """Yield a row per call as it ends, then the calls still up when the capture stops.
+    """Yield a row per call in the order the calls ended, then the calls still up.
 
-    A capture may start mid-stream (no greeting): the decoder is told so when the
-    first bytes do not look like one.
+    Rows come at the end of the capture because app_queue may report an agent's
+    talk time (``AgentComplete``) after the last leg hung up. A capture may start
+    mid-stream (no greeting): the decoder is told so when the first bytes do not
+    look like one.
     """
     model = CallModel(agents=agents)
     decoder: Decoder | None = None
+    ended: list[Call] = []
     for chunk in chunks:
         if decoder is None:
             decoder = Decoder(expect_greeting=chunk.startswith(b"Asterisk Call Manager/"))
         for msg in decoder.feed(chunk):
             for event in model.apply(msg):
                 if event.type == CALL_ENDED and event.linkedid:
-                    yield call_row(model.ended[event.linkedid])
-    for call in list(model.calls.values()):
+                    ended.append(model.ended[event.linkedid])
+    for call in [*ended, *model.calls.values()]:
         yield call_row(call)

@@ -57,7 +57,6 @@ class Message:
     fields: dict[str, str]
     repeated: list[tuple[str, str]] | None = None
     body: list[str] | None = None
-    raw_size: int = 0
 
     @property
     def event(self) -> str | None:
@@ -128,6 +127,7 @@ class Decoder:
     _buffer: bytearray = field(default_factory=bytearray)
     _eol: str = "\r\n"
     _sep: bytes = b"\r\n\r\n"
+    _text_sep: str = "\r\n\r\n"
 
     def feed(self, data: bytes) -> list[Message]:
         buf = self._buffer
@@ -142,24 +142,26 @@ class Decoder:
             if line.endswith(b"\r"):
                 line = line[:-1]
             else:
-                self._eol, self._sep = "\n", b"\n\n"
+                self._eol, self._sep, self._text_sep = "\n", b"\n\n", "\n\n"
             del buf[: nl + 1]
             self.expect_greeting = False
             text = line.decode("utf-8", "replace")
             if not text.startswith(GREETING_PREFIX):
                 raise ProtocolError(f"not an AMI greeting: {text[:80]!r}")
-            out.append(Message({"Greeting": text}, raw_size=nl + 1))
-        sep, eol, seplen = self._sep, self._eol, len(self._sep)
-        start = 0
-        while True:
-            end = buf.find(sep, start)
-            if end < 0:
-                break
-            if end > start:
-                out.append(_parse(buf[start:end].decode("utf-8", "replace"), eol, end - start + seplen))
-            start = end + seplen
-        if start:
-            del buf[:start]
+            out.append(Message({"Greeting": text}))
+        sep = self._sep
+        end = buf.rfind(sep)
+        if end >= 0:
+            # Every message that is complete, decoded at once: cutting at a separator never
+            # splits a UTF-8 sequence, and one decode + split beats one per message.
+            text = buf[:end].decode("utf-8", "replace")
+            del buf[: end + len(sep)]
+            eol = self._eol
+            for block in text.split(self._text_sep):
+                if block[:1] in ("\r", "\n"):  # stray blank lines between messages
+                    block = block.lstrip("\r\n")
+                if block:
+                    out.append(_parse(block, eol))
         # Blank lines between messages (some proxies add them) are not messages.
         while buf[:2] == b"\r\n" or buf[:1] == b"\n":
             del buf[: 2 if buf[:1] == b"\r" else 1]
@@ -178,11 +180,24 @@ class Decoder:
             raise ProtocolError(f"AMI message over {self.max_message_size} bytes without an end ({size} held)")
 
 
-def _parse(text: str, eol: str, size: int) -> Message:
+def _parse(text: str, eol: str) -> Message:
+    lines = text.split(eol)
+    try:
+        fields = dict([line.split(": ", 1) for line in lines])  # noqa: C404 - the fast path
+    except ValueError:
+        pass
+    else:
+        if len(fields) == len(lines):
+            return Message(fields)
+    return _parse_slow(lines)
+
+
+def _parse_slow(lines: list[str]) -> Message:
+    """Repeated keys, ``Key:`` with no space, or body lines (``Response: Follows``)."""
     fields: dict[str, str] = {}
     repeated: list[tuple[str, str]] | None = None
     body: list[str] | None = None
-    for line in text.split(eol):
+    for line in lines:
         key, sep, value = line.partition(": ")
         if not sep:
             if line.endswith(":") and " " not in line:  # "Key:" with an empty value
@@ -198,7 +213,7 @@ def _parse(text: str, eol: str, size: int) -> Message:
             repeated.append((key, value))
         else:
             fields[key] = value
-    return Message(fields, repeated, body, size)
+    return Message(fields, repeated, body)
 
 
 def _check(key: str, value: str) -> str:

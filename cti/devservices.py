@@ -1,0 +1,104 @@
+"""Throw-away redis-server and mosquitto on free loopback ports.
+
+``cti demo`` and the test suite both need a real broker and a real Redis without
+touching whatever the machine already runs, so each gets private ones here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DevServices", "ServiceError", "dev_services", "free_port", "mosquitto", "redis_server"]
+
+_SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+
+
+class ServiceError(RuntimeError):
+    """A helper service is not installed or did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary(name: str, package: str) -> str:
+    path = shutil.which(name) or next((f"{d}/{name}" for d in _SEARCH if Path(d, name).exists()), None)
+    if path is None:
+        raise ServiceError(f"{name} is not installed: apt-get install {package}")
+    return path
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{name} exited with {proc.returncode} before listening on 127.0.0.1:{port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ServiceError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+@contextmanager
+def _process(argv: list[str], port: int, name: str, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (workdir / f"{name}.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_port(port, proc, name)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A redis-server on a free 127.0.0.1 port with no persistence; yields its URL."""
+    port = free_port()
+    argv = [_binary("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    with _process(argv, port, "redis-server", workdir):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextmanager
+def mosquitto(workdir: Path) -> Iterator[int]:
+    """A mosquitto broker on a free 127.0.0.1 port, anonymous, no persistence; yields its port."""
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    with _process([_binary("mosquitto", "mosquitto"), "-c", str(conf)], port, "mosquitto", workdir):
+        yield port
+
+
+@dataclass(frozen=True, slots=True)
+class DevServices:
+    redis_url: str
+    mqtt_port: int
+    workdir: Path
+
+
+@contextmanager
+def dev_services() -> Iterator[DevServices]:
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cti-dev-")))
+        url = stack.enter_context(redis_server(workdir))
+        port = stack.enter_context(mosquitto(workdir))
+        yield DevServices(redis_url=url, mqtt_port=port, workdir=workdir)

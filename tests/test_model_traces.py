@@ -1,0 +1,124 @@
+"""The call model on real Asterisk 22 captures: calls, queues, agents, outcomes, pushes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cti.ami.codec import Decoder
+from cti.config import AgentConfig
+from cti.model import events as ev
+from cti.model.events import DomainEvent
+from cti.model.reducer import CallModel
+from cti.replay import replay_chunks
+from tests.traces import NAMES, trace_bytes
+
+AGENTS = [
+    AgentConfig(id="alice", name="Alice", interface="Local/1001@sim-agents"),
+    AgentConfig(id="bob", name="Bob", interface="Local/1002@sim-agents"),
+    AgentConfig(id="chen", name="Chen", interface="Local/1003@sim-agents"),
+]
+
+
+def run(name: str, chunk: int | None = None) -> tuple[CallModel, list[DomainEvent]]:
+    data = trace_bytes(name)
+    model, out, decoder = CallModel(agents=AGENTS), [], Decoder()
+    rnd = random.Random(name)
+    pos = 0
+    while pos < len(data):
+        step = chunk or rnd.randint(1, 4096)
+        for msg in decoder.feed(data[pos : pos + step]):
+            out += model.apply(msg)
+        pos += step
+    return model, out
+
+
+def rows(name: str) -> list[dict]:
+    return list(replay_chunks([trace_bytes(name)], agents=AGENTS))
+
+
+def test_basic_one_answered_call() -> None:
+    [row] = rows("basic")
+    assert row == {
+        "linkedid": "1795391524.70", "caller": "13800000001", "caller_name": "Caller", "queue": "support",
+        "agent": "Bob", "outcome": "answered", "wait_s": pytest.approx(1.003, abs=0.01),
+        "talk_s": pytest.approx(4.507, abs=0.01), "ended": True,
+    }
+
+
+def test_basic_pushes_offer_answer_end_to_bob_in_order() -> None:
+    model, out = run("basic", chunk=7)
+    bob = [e for e in out if e.agent == "bob" and e.type.startswith("call.")]
+    assert [e.type for e in bob] == [ev.CALL_OFFERED, ev.CALL_ANSWERED, ev.CALL_ENDED]
+    offered = bob[0].data
+    assert offered["caller"] == "13800000001" and offered["queue"] == "support"
+    assert offered["position"] == 1 and offered["wait_so_far_s"] == pytest.approx(0.0009, abs=0.01)
+    assert not model.calls, "the call must be over"
+    assert model.members["local/1002@sim-agents/n"].calls_taken == 7
+
+
+def test_vip_trace_goes_to_vip_queue() -> None:
+    [row] = rows("vip")
+    assert (row["caller"], row["queue"], row["agent"], row["outcome"]) == ("8613900000001", "vip", "Chen", "answered")
+
+
+def test_burst_eight_answered_vip_first() -> None:
+    result = rows("burst")
+    assert len(result) == 8
+    assert all(r["outcome"] == "answered" for r in result)
+    assert {r["agent"] for r in result} == {"Alice", "Bob", "Chen"}
+    vip = next(r for r in result if r["caller"] == "8613900000001")
+    assert vip["wait_s"] == min(r["wait_s"] for r in result)
+    model, out = run("burst")
+    answered = [e.data["caller"] for e in out if e.type == ev.CALL_ANSWERED]
+    offered_before_vip = {e.data["caller"] for e in out[: next(
+        i for i, e in enumerate(out) if e.type == ev.CALL_QUEUED and e.data["caller"] == "8613900000001")]
+        if e.type == ev.CALL_OFFERED}
+    waiting_then = [c for c in answered if c not in offered_before_vip]
+    assert waiting_then[0] == "8613900000001", "the VIP beats every caller still waiting when it joined"
+    assert model.queues["support"].answered == 8 and not model.queues["support"].waiting
+
+
+def test_burst_agent_complete_without_channel_fields_still_lands() -> None:
+    model, _ = run("burst")
+    assert all(m.call is None for m in model.members.values())
+    assert all(c.talk_s and c.talk_s > 4 for c in model.ended.values())
+
+
+def test_abandon_exactly_one_abandoned() -> None:
+    result = rows("abandon")
+    outcomes = sorted(r["outcome"] for r in result)
+    assert outcomes == ["abandoned"] + ["answered"] * 4
+    [gone] = [r for r in result if r["outcome"] == "abandoned"]
+    assert gone["caller"] == "13800000299" and gone["agent"] is None and gone["talk_s"] is None
+    assert gone["wait_s"] == pytest.approx(3.2, abs=0.1)
+    model, out = run("abandon")
+    assert model.queues["support"].abandoned == 1 and model.queues["support"].answered == 4
+    assert [e.data["reason"] for e in out if e.type == ev.CALL_LEFT_QUEUE] == ["abandoned"]
+
+
+def test_cti_trace_keeps_ivr_variables_and_no_queue_outcome() -> None:
+    model, out = run("cti")
+    [call] = model.ended.values()
+    assert call.caller_num == "13800000301"
+    assert call.vars["CTI_SKILL"] == "billing" and call.vars["CTI_PRIORITY"] == "5"
+    assert call.outcome is None, "never joined an app_queue queue"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_without_timestamps_queue_times_are_used(name: str) -> None:
+    data = b"\r\n".join(l for l in trace_bytes(name).split(b"\r\n") if not l.startswith(b"Timestamp: "))
+    for row in replay_chunks([data], agents=AGENTS):
+        if row["outcome"] == "answered":
+            assert row["wait_s"] is not None and row["talk_s"] in (4.0, 5.0)  # app_queue's TalkTime
+        if row["outcome"] == "abandoned":
+            assert row["wait_s"] == 3.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_call_ends_once(name: str) -> None:
+    _, out = run(name)
+    ended = [e.linkedid for e in out if e.type == ev.CALL_ENDED]
+    arrived = [e.linkedid for e in out if e.type == ev.CALL_ARRIVED]
+    assert sorted(ended) == sorted(arrived) and len(set(ended)) == len(ended)
