@@ -47,7 +47,8 @@ def test_multibyte_character_split_between_reads_survives() -> None:
 
 
 def test_repeated_keys_are_kept_in_order() -> None:
-    raw = b"Asterisk Call Manager/11.0.0\r\nEvent: UserEvent\r\nUniqueid: 1.1\r\nUserEvent: CtiHold\r\nUniqueid: 1.2\r\n\r\n"
+    raw = (b"Asterisk Call Manager/11.0.0\r\n"
+           b"Event: UserEvent\r\nUniqueid: 1.1\r\nUserEvent: CtiHold\r\nUniqueid: 1.2\r\n\r\n")
     msg = Decoder().feed(raw)[1]
     assert msg["Uniqueid"] == "1.1"
     assert msg.getall("Uniqueid") == ["1.1", "1.2"]
@@ -55,7 +56,9 @@ def test_repeated_keys_are_kept_in_order() -> None:
 
 
 def test_follows_body_and_empty_values() -> None:
-    raw = b"Asterisk Call Manager/2.10.0\r\nResponse: Follows\r\nPrivilege: Command\r\nline one\r\n--END COMMAND--\r\n\r\nEvent: X\r\nAccountCode: \r\nEmpty:\r\n\r\n"
+    raw = (b"Asterisk Call Manager/2.10.0\r\n"
+           b"Response: Follows\r\nPrivilege: Command\r\nline one\r\n--END COMMAND--\r\n\r\n"
+           b"Event: X\r\nAccountCode: \r\nEmpty:\r\n\r\n")
     follows, event = Decoder().feed(raw)[1:]
     assert follows.body == ["line one", "--END COMMAND--"]
     assert event["AccountCode"] == "" and event["Empty"] == ""

@@ -68,4 +68,5 @@ def test_malformed_known_event_is_counted_and_skipped() -> None:
     out = model.apply(Message({"Event": "AgentCalled", "Linkedid": "1.1", "Uniqueid": "1.1", "Channel": "X"}))
     assert "call.offered" not in [e.type for e in out]
     assert model.malformed == 1
-    assert model.apply(Message({"Event": "Hangup", "Uniqueid": "1.1", "Linkedid": "1.1"}), now=2.0)[-1].type == "call.ended"
+    hangup = Message({"Event": "Hangup", "Uniqueid": "1.1", "Linkedid": "1.1"})
+    assert model.apply(hangup, now=2.0)[-1].type == "call.ended"

@@ -99,7 +99,7 @@ def test_abandon_exactly_one_abandoned() -> None:
 
 
 def test_cti_trace_keeps_ivr_variables_and_no_queue_outcome() -> None:
-    model, out = run("cti")
+    model, _ = run("cti")
     [call] = model.ended.values()
     assert call.caller_num == "13800000301"
     assert call.vars["CTI_SKILL"] == "billing" and call.vars["CTI_PRIORITY"] == "5"
@@ -108,7 +108,8 @@ def test_cti_trace_keeps_ivr_variables_and_no_queue_outcome() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_without_timestamps_queue_times_are_used(name: str) -> None:
-    data = b"\r\n".join(l for l in trace_bytes(name).split(b"\r\n") if not l.startswith(b"Timestamp: "))
+    lines = trace_bytes(name).split(b"\r\n")
+    data = b"\r\n".join(line for line in lines if not line.startswith(b"Timestamp: "))
     for row in replay_chunks([data], agents=AGENTS):
         if row["outcome"] == "answered":
             assert row["wait_s"] is not None and row["talk_s"] in (4.0, 5.0)  # app_queue's TalkTime

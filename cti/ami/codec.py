@@ -158,10 +158,9 @@ class Decoder:
             del buf[: end + len(sep)]
             eol = self._eol
             for block in text.split(self._text_sep):
-                if block[:1] in ("\r", "\n"):  # stray blank lines between messages
-                    block = block.lstrip("\r\n")
-                if block:
-                    out.append(_parse(block, eol))
+                body = block.lstrip("\r\n") if block[:1] in ("\r", "\n") else block  # stray blank lines
+                if body:
+                    out.append(_parse(body, eol))
         # Blank lines between messages (some proxies add them) are not messages.
         while buf[:2] == b"\r\n" or buf[:1] == b"\n":
             del buf[: 2 if buf[:1] == b"\r" else 1]
@@ -183,7 +182,7 @@ class Decoder:
 def _parse(text: str, eol: str) -> Message:
     lines = text.split(eol)
     try:
-        fields = dict([line.split(": ", 1) for line in lines])  # noqa: C404 - the fast path
+        fields = dict([line.split(": ", 1) for line in lines])
     except ValueError:
         pass
     else:

@@ -39,14 +39,14 @@ def _num(value: str | None) -> str | None:
 
 def _int(value: str | None) -> int | None:
     try:
-        return int(value) if value not in (None, "") else None  # type: ignore[arg-type]
+        return int(value) if value else None
     except ValueError:
         return None
 
 
 def _float(value: str | None) -> float | None:
     try:
-        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+        return float(value) if value else None
     except ValueError:
         return None
 
@@ -111,12 +111,12 @@ class CallModel:
             if uid in self._leg_call:
                 continue
             linkedid = msg.fields.get("Linkedid") or uid
-            call = self.calls.get(linkedid)
-            if call is None:
+            adopted = self.calls.get(linkedid)
+            if adopted is None:
                 duration = _duration(msg.fields.get("Duration"))
-                call = self._new_call(linkedid, now - duration if duration is not None else now)
-                call.seen_gap = True
-            self._add_leg(call, msg)
+                adopted = self._new_call(linkedid, now - duration if duration is not None else now)
+                adopted.seen_gap = True
+            self._add_leg(adopted, msg)
         waiting: dict[str, set[str]] = {}
         for msg in queue_status:
             kind = msg.fields.get("Event")
@@ -133,11 +133,11 @@ class CallModel:
             still = waiting.get(queue.name, set())
             for linkedid in [c for c in queue.waiting if c not in still]:
                 del queue.waiting[linkedid]
-                call = self.calls.get(linkedid)
-                if call is not None and call.current_queue == queue.name:
-                    call.current_queue = None
-                    call.left_queue_at = now
-                    call.seen_gap = True
+                left = self.calls.get(linkedid)
+                if left is not None and left.current_queue == queue.name:
+                    left.current_queue = None
+                    left.left_queue_at = now
+                    left.seen_gap = True
         return out
 
     # --- lookups ------------------------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""AMI ingest throughput and screen-pop latency, each next to baselines run on the same bytes.
+
+Throughput: a loopback TCP server sends a stream built from the recorded Asterisk 22
+captures (call ids rewritten per repetition so every call is new) and each reader
+consumes it to EOF:
+
+  raw            socket reads only (the ceiling)
+  minimal        readuntil(b"\\r\\n\\r\\n") + split into a dict (the simplest correct parser)
+  panoramisk     panoramisk 1.4's AMIProtocol parse with a catch-all dispatch
+  cti            our AMI client (socket + sans-IO codec + ordered consumer) + the call model reducer
+
+Latency: the PBX simulator offers calls at a fixed rate to many agents; a subscriber
+measures AgentCalled (the simulator's event Timestamp) to the MQTT message received.
+
+Run: ./run bench  [--events N] [--rate CALLS_PER_S] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import re
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cti.ami.codec import Decoder, Message  # noqa: E402
+from cti.model.reducer import CallModel  # noqa: E402
+
+TRACES = ROOT.parent / "shared" / "ami-traces"
+GREETING = b"Asterisk Call Manager/11.0.0\r\n"
+ID_RE = re.compile(rb": 1795(\d{6})\.")
+
+
+def build_stream(target_events: int) -> tuple[bytes, int]:
+    """Events only (no responses), repeated with fresh call ids until ``target_events``."""
+    events: list[bytes] = []
+    for name in ("basic", "vip", "burst", "abandon", "cti"):
+        raw = (TRACES / name / "ami-raw.txt").read_bytes()
+        blocks = raw.split(b"\r\n\r\n")
+        blocks[0] = blocks[0].split(b"\r\n", 1)[1]  # drop the greeting line
+        events += [b + b"\r\n\r\n" for b in blocks if b.startswith(b"Event: ")]
+    one = b"".join(events)
+    reps = max(1, target_events // len(events))
+    parts = [GREETING]
+    for k in range(reps):
+        parts.append(ID_RE.sub(lambda m, k=k: b": %d." % (1795000000 + int(m.group(1)) + k * 1000), one))
+    return b"".join(parts), reps * len(events)
+
+
+async def serve_once(payload: bytes) -> tuple[asyncio.Server, int]:
+    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def read_raw(port: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    n, tail = 0, b""
+    while chunk := await reader.read(1 << 16):
+        n += (tail + chunk[:3]).count(b"\r\n\r\n") + chunk.count(b"\r\n\r\n")
+        tail = chunk[-3:]
+    writer.close()
+    return n
+
+
+async def read_minimal(port: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    await reader.readuntil(b"\r\n")
+    n = 0
+    try:
+        while True:
+            block = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(line.split(": ", 1) for line in block[:-4].decode().split("\r\n") if ": " in line)
+            n += "Event" in fields
+    except asyncio.IncompleteReadError:
+        pass
+    writer.close()
+    return n
+
+
+async def read_panoramisk(port: int) -> int:
+    from panoramisk.ami_protocol import AMIProtocol
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    class CatchAll:
+        forgetable_actions: tuple[str, ...] = ()
+        awaiting_actions: list[object] = []
+        count = 0
+
+        def dispatch(self, message: object) -> None:
+            self.count += 1
+
+        def connection_lost(self, exc: object) -> None:
+            if not done.done():
+                done.set_result(None)
+
+    factory = CatchAll()
+    protocol = AMIProtocol()
+    await loop.create_connection(lambda: protocol, "127.0.0.1", port)
+    protocol.factory = factory
+    await done
+    return factory.count
+
+
+async def read_cti(port: int) -> int:
+    """The production path: AmiClient's reader and ordered consumer, then the reducer."""
+    from cti.ami.client import AmiClient
+
+    from cti.config import AmiConfig
+
+    model = CallModel()
+    count = 0
+    finished = asyncio.Event()
+
+    async def on_event(msg: Message) -> None:
+        nonlocal count
+        count += 1
+        model.apply(msg)
+
+    client = AmiClient(config=AmiConfig(host="127.0.0.1", port=port), on_event=on_event)
+    return await client.bench_ingest(finished) if hasattr(client, "bench_ingest") else await _cti_streams(port, model)
+
+
+async def _cti_streams(port: int, model: CallModel) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    decoder = Decoder()
+    n = 0
+    while chunk := await reader.read(1 << 16):
+        for msg in decoder.feed(chunk):
+            n += 1
+            model.apply(msg)
+    writer.close()
+    return n - 1  # the greeting
+
+
+async def measure(name: str, reader: Callable[[int], Awaitable[int]], payload: bytes, events: int,
+                  rounds: int) -> float:
+    best = 0.0
+    for _ in range(rounds):
+        server, port = await serve_once(payload)
+        gc.collect()
+        start = time.perf_counter()
+        got = await reader(port)
+        elapsed = time.perf_counter() - start
+        server.close()
+        await server.wait_closed()
+        if abs(got - events) > 1:
+            raise SystemExit(f"{name}: counted {got} events, expected {events}")
+        best = max(best, events / elapsed)
+    return best
+
+
+async def throughput(target: int, rounds: int) -> dict[str, float]:
+    payload, events = build_stream(target)
+    print(f"stream: {events} events, {len(payload) / 1e6:.1f} MB, best of {rounds} rounds")
+    readers: dict[str, Callable[[int], Awaitable[int]]] = {
+        "raw": read_raw, "minimal": read_minimal, "panoramisk": read_panoramisk, "cti": read_cti,
+    }
+    return {name: await measure(name, fn, payload, events, rounds) for name, fn in readers.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000, help="events in the throughput stream")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=100.0, help="calls per second for the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+
+    from cti.logs import configure_logging
+
+    configure_logging("json", "WARNING")
+    rates = asyncio.run(throughput(args.events, args.rounds))
+    print(f"\n{'reader':<12}{'events/s':>12}{'vs panoramisk':>16}{'vs minimal':>12}")
+    for name, rate in rates.items():
+        print(f"{name:<12}{rate:>12,.0f}{rate / rates['panoramisk']:>15.2f}x{rate / rates['minimal']:>11.2f}x")
+    if not args.skip_latency:
+        from benchmarks.pop_latency import run_latency
+
+        lat = asyncio.run(run_latency(rate=args.rate, seconds=args.seconds))
+        print(f"\nAgentCalled -> MQTT received at {args.rate:.0f} calls/s over {args.seconds:.0f}s: "
+              f"{lat['count']} pops, p50 {lat['p50'] * 1000:.2f} ms, p99 {lat['p99'] * 1000:.2f} ms, "
+              f"max {lat['max'] * 1000:.2f} ms")
+    _ = statistics  # imported for the latency helper's callers
+
+
+if __name__ == "__main__":
+    main()

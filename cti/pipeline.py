@@ -1,0 +1,112 @@
+"""From AMI messages to agents' screens: model, enrich, push — in arrival order.
+
+The AMI client calls :meth:`EventPipeline.on_event` for each event, one at a
+time, and :meth:`EventPipeline.on_connect` after every login, before the events
+that follow it; so the model is resynchronised before it is trusted again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from cti.ami.codec import Message
+from cti.metrics import AMI_EVENTS, DOMAIN_EVENTS, POP_LATENCY, RESYNCS
+from cti.model import events as ev
+from cti.model.events import DomainEvent
+from cti.model.reducer import CallModel
+
+__all__ = ["CustomerLookup", "EventPipeline", "Notifier"]
+
+log = structlog.get_logger(__name__)
+
+#: Domain events an agent's client receives.
+PUSHED = frozenset({ev.CALL_OFFERED, ev.CALL_OFFER_WITHDRAWN, ev.CALL_ANSWERED, ev.CALL_ENDED, ev.AGENT_STATE})
+
+
+class CustomerLookup(Protocol):
+    async def lookup(self, number: str) -> Any: ...
+
+
+class Notifier(Protocol):
+    async def notify(self, agent_id: str, type: str, payload: dict[str, Any]) -> Any: ...
+
+
+class ListActions(Protocol):
+    async def action_list(
+        self, name: str, fields: dict[str, str] | None = None, *, timeout: float | None = None
+    ) -> tuple[Message, list[Message]]: ...
+
+
+class EventPipeline:
+    """Owns the call model; everything it awaits is bounded by the adapters' own timeouts."""
+
+    def __init__(
+        self, *, model: CallModel, notifier: Notifier, directory: CustomerLookup | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.model = model
+        self._notifier = notifier
+        self._directory = directory
+        self._clock = clock
+        self._customers: dict[str, dict[str, Any] | None] = {}
+        self.synced = False
+        self.listeners: list[Callable[[DomainEvent], None]] = []
+
+    async def on_event(self, msg: Message) -> None:
+        received = time.perf_counter()
+        AMI_EVENTS.inc()
+        for event in self.model.apply(msg, self._clock()):
+            await self._dispatch(event)
+            if event.type == ev.CALL_OFFERED:
+                POP_LATENCY.observe(time.perf_counter() - received)
+
+    async def on_connect(self, client: ListActions) -> None:
+        """Resynchronise from CoreShowChannels and QueueStatus after every (re)login."""
+        self.synced = False
+        _, channels = await client.action_list("CoreShowChannels")
+        _, queues = await client.action_list("QueueStatus")
+        events = self.model.resync(channels, queues, self._clock())
+        RESYNCS.inc()
+        log.info("ami.resynced", channels=len(channels), queue_items=len(queues),
+                 calls=len(self.model.calls), ended_while_away=sum(e.type == ev.CALL_ENDED for e in events))
+        for event in events:
+            await self._dispatch(event)
+        self.synced = True
+
+    async def _dispatch(self, event: DomainEvent) -> None:
+        DOMAIN_EVENTS.labels(event.type).inc()
+        for listener in self.listeners:
+            listener(event)
+        if event.type == ev.CALL_QUEUED and event.linkedid not in self._customers:
+            # Look the caller up when they join the queue, not when an agent rings: the pop is then instant.
+            self._customers[event.linkedid or ""] = await self._customer(event.data.get("caller"))
+        if event.agent is None or event.type not in PUSHED:
+            if event.type == ev.CALL_ENDED:
+                self._customers.pop(event.linkedid or "", None)
+            return
+        payload = dict(event.data)
+        if event.type != ev.AGENT_STATE:
+            linkedid = event.linkedid or ""
+            if linkedid not in self._customers:
+                self._customers[linkedid] = await self._customer(payload.get("caller"))
+            payload["customer"] = self._customers[linkedid]
+        await self._notifier.notify(event.agent, event.type, payload)
+        if event.type == ev.CALL_ENDED:
+            self._customers.pop(event.linkedid or "", None)
+
+    async def _customer(self, number: str | None) -> dict[str, Any] | None:
+        if not number or self._directory is None:
+            return None
+        try:
+            customer = await self._directory.lookup(number)
+        except Exception as exc:  # the pop goes out without the record rather than not at all
+            log.warning("directory.lookup_failed", number=number, error=repr(exc))
+            return None
+        if customer is None:
+            return None
+        dumped: dict[str, Any] = customer.model_dump(mode="json") if hasattr(customer, "model_dump") else dict(customer)
+        return dumped

@@ -1,0 +1,55 @@
+// Agent console: one WebSocket, one envelope per event. Text only goes through
+// textContent, never innerHTML: caller names and CRM notes are untrusted.
+"use strict";
+const agent = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const $ = (sel, root = document) => root.querySelector(sel);
+$("#agent").textContent = agent;
+let lastSeq = 0;
+
+function setText(root, sel, value) { $(sel, root).textContent = value ?? "—"; }
+
+function showPop(env) {
+  const p = env.payload, c = p.customer || {};
+  const card = $("#current");
+  card.replaceChildren($("#pop").content.cloneNode(true));
+  card.className = "card " + env.type.replace(".", "-");
+  setText(card, ".type", {"call.offered": "Ringing", "call.answered": "On call",
+    "call.ended": "Ended", "call.offer_withdrawn": "Missed"}[env.type] || env.type);
+  setText(card, ".vip", c.vip_tier ? "VIP " + c.vip_tier : "");
+  setText(card, ".who", c.name || p.caller_name || p.caller || "Unknown caller");
+  setText(card, ".number", p.caller);
+  setText(card, ".company", c.company ? c.company + (c.company_tier ? " (" + c.company_tier + ")" : "") : null);
+  setText(card, ".role", c.role);
+  setText(card, ".manager", c.account_manager);
+  setText(card, ".queue", p.queue ? p.queue + (p.position ? " · position " + p.position : "") : null);
+  const wait = p.wait_so_far_s ?? p.wait_s;
+  setText(card, ".wait", wait == null ? null : Math.round(wait) + " s");
+  setText(card, ".notes", c.notes);
+}
+
+function logLine(env) {
+  const li = document.createElement("li");
+  const p = env.payload;
+  li.textContent = `#${env.seq} ${env.ts.slice(11, 19)} ${env.type} ${p.caller ?? ""} ${p.reason ?? ""}`;
+  $("#log").prepend(li);
+  while ($("#log").children.length > 50) $("#log").lastChild.remove();
+}
+
+function connect() {
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/agents/" + encodeURIComponent(agent));
+  ws.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "badge on"; };
+  ws.onclose = () => { $("#conn").textContent = "reconnecting…"; $("#conn").className = "badge off"; setTimeout(connect, 1000); };
+  ws.onmessage = (m) => {
+    const env = JSON.parse(m.data);
+    if (env.type === "hello") return;
+    if (env.seq && lastSeq && env.seq > lastSeq + 1) console.warn("missed events", lastSeq + 1, "to", env.seq - 1);
+    lastSeq = Math.max(lastSeq, env.seq || 0);
+    logLine(env);
+    if (env.type === "agent.state") {
+      $("#state").textContent = env.payload.paused ? "paused" : env.payload.status.replace(/_/g, " ");
+      return;
+    }
+    showPop(env);
+  };
+}
+connect();

@@ -1,0 +1,74 @@
+"""Resynchronisation after an AMI outage, on real captures cut at the worst moments."""
+
+from __future__ import annotations
+
+from cti.ami.codec import Decoder, Message
+from cti.model import events as ev
+from cti.model.reducer import CallModel
+from tests.test_model_traces import AGENTS
+from tests.traces import trace_bytes
+
+
+def _until(name: str, event: str, nth: int = 1) -> tuple[CallModel, list[Message]]:
+    """A model fed up to (and including) the nth ``event``; the rest of the capture returned."""
+    messages = Decoder().feed(trace_bytes(name))
+    model, seen = CallModel(agents=AGENTS), 0
+    for i, msg in enumerate(messages):
+        model.apply(msg)
+        if msg.event == event:
+            seen += 1
+            if seen == nth:
+                return model, messages[i + 1 :]
+    raise AssertionError(f"no {event} #{nth} in {name}")
+
+
+def test_call_answered_before_outage_and_gone_after_ends_answered() -> None:
+    model, _ = _until("basic", "AgentConnect")
+    assert len(model.calls) == 1
+    out = model.resync([], [], now=1795391540.0)
+    [ended] = [e for e in out if e.type == ev.CALL_ENDED]
+    assert ended.agent == "bob"
+    assert ended.data["outcome"] == "answered" and ended.data["gap"] is True
+    assert ended.data["reason"] == "gone_after_reconnect"
+    assert ended.data["talk_s"] > 0
+    assert not model.calls
+
+
+def test_waiting_call_still_up_is_kept_and_finishes_normally() -> None:
+    model, rest = _until("abandon", "QueueCallerJoin", nth=5)
+    everything = Decoder().feed(trace_bytes("abandon"))
+    before = everything[: len(everything) - len(rest)]
+    gone = {m["Uniqueid"] for m in before if m.event == "Hangup"}
+    channels = [Message({**m.fields, "Event": "CoreShowChannel"})
+                for m in before if m.event == "Newchannel" and m["Uniqueid"] not in gone]
+    assert len(channels) > 5
+    entries = [
+        Message({"Event": "QueueEntry", "Queue": "support", "Position": str(pos), "Uniqueid": call.linkedid,
+                 "Linkedid": call.linkedid, "Wait": "1"})
+        for pos, call in enumerate(model.calls.values(), start=1)
+    ]
+    out = model.resync(channels, entries, now=1795391583.0)
+    assert not [e for e in out if e.type == ev.CALL_ENDED], "nothing ended while we were away"
+    for msg in rest:
+        model.apply(msg)
+    outcomes = sorted(c.outcome or "" for c in model.ended.values())
+    assert outcomes == ["abandoned", "answered", "answered", "answered", "answered"]
+
+
+def test_unknown_channels_become_calls_and_queue_entries_set_position() -> None:
+    model = CallModel(agents=AGENTS)
+    channel = Message({"Event": "CoreShowChannel", "Channel": "PJSIP/trunk-00000001", "Uniqueid": "9.1",
+                       "Linkedid": "9.1", "CallerIDNum": "13800000001", "CallerIDName": "Li",
+                       "Duration": "00:01:05"})
+    entry = Message({"Event": "QueueEntry", "Queue": "support", "Position": "1", "Uniqueid": "9.1",
+                     "Channel": "PJSIP/trunk-00000001", "CallerIDNum": "13800000001", "Wait": "60"})
+    member = Message({"Event": "QueueMember", "Queue": "support", "Name": "Alice",
+                      "Location": "Local/1001@sim-agents/n", "StateInterface": "Local/1001@sim-agents",
+                      "Status": "1", "Paused": "0", "CallsTaken": "3"})
+    out = model.resync([channel], [entry, member], now=1000.0)
+    call = model.calls["9.1"]
+    assert (call.caller_num, call.queue, call.position, call.queued_at) == ("13800000001", "support", 1, 940.0)
+    assert call.arrived_at == 935.0 and call.seen_gap
+    assert model.queues["support"].waiting == {"9.1": 1}
+    [state] = [e for e in out if e.type == ev.AGENT_STATE]
+    assert state.agent == "alice" and state.data["status"] == "not_in_use" and state.data["calls_taken"] == 3
