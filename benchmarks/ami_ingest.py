@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import gc
 import re
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cti.ami.codec import Decoder, Message  # noqa: E402
+from cti.ami.codec import Message  # noqa: E402
 from cti.model.reducer import CallModel  # noqa: E402
 
 TRACES = ROOT.parent / "shared" / "ami-traces"
@@ -55,8 +54,19 @@ def build_stream(target_events: int) -> tuple[bytes, int]:
 
 
 async def serve_once(payload: bytes) -> tuple[asyncio.Server, int]:
-    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(payload)
+    """Greeting; if the client logs in, a Success reply; then the whole stream and EOF."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload[: len(GREETING)])
+        try:
+            action = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.2)
+        except TimeoutError:
+            action = b""  # a reader that does not log in
+        if b"Action: Login" in action:
+            action_id = action.split(b"ActionID: ", 1)[1].split(b"\r\n", 1)[0]
+            writer.write(b"Response: Success\r\nActionID: " + action_id
+                         + b"\r\nMessage: Authentication accepted\r\n\r\n")
+        writer.write(memoryview(payload)[len(GREETING) :])
         await writer.drain()
         writer.close()
         await writer.wait_closed()
@@ -98,8 +108,10 @@ async def read_panoramisk(port: int) -> int:
 
     class CatchAll:
         forgetable_actions: tuple[str, ...] = ()
-        awaiting_actions: list[object] = []
         count = 0
+
+        def __init__(self) -> None:
+            self.awaiting_actions: list[object] = []
 
         def dispatch(self, message: object) -> None:
             self.count += 1
@@ -117,34 +129,29 @@ async def read_panoramisk(port: int) -> int:
 
 
 async def read_cti(port: int) -> int:
-    """The production path: AmiClient's reader and ordered consumer, then the reducer."""
+    """The production path: AmiClient (reader, codec, ordered consumer) feeding the reducer."""
     from cti.ami.client import AmiClient
+    from cti.config import AgentConfig, AmiConfig
 
-    from cti.config import AmiConfig
-
-    model = CallModel()
+    agents = [AgentConfig(id=n.lower(), name=n, interface=f"Local/100{i}@sim-agents")
+              for i, n in enumerate(("Alice", "Bob", "Chen"), start=1)]
+    model = CallModel(agents=agents)
     count = 0
-    finished = asyncio.Event()
+    done = asyncio.Event()
 
     async def on_event(msg: Message) -> None:
         nonlocal count
         count += 1
         model.apply(msg)
+        if count == EXPECTED:
+            done.set()
 
-    client = AmiClient(config=AmiConfig(host="127.0.0.1", port=port), on_event=on_event)
-    return await client.bench_ingest(finished) if hasattr(client, "bench_ingest") else await _cti_streams(port, model)
-
-
-async def _cti_streams(port: int, model: CallModel) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-    decoder = Decoder()
-    n = 0
-    while chunk := await reader.read(1 << 16):
-        for msg in decoder.feed(chunk):
-            n += 1
-            model.apply(msg)
-    writer.close()
-    return n - 1  # the greeting
+    client = AmiClient(config=AmiConfig(host="127.0.0.1", port=port, ping_interval=60), on_event=on_event)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(client.run(), name="bench.ami")
+        await done.wait()
+        await client.close()
+    return count
 
 
 async def measure(name: str, reader: Callable[[int], Awaitable[int]], payload: bytes, events: int,
@@ -164,8 +171,13 @@ async def measure(name: str, reader: Callable[[int], Awaitable[int]], payload: b
     return best
 
 
+EXPECTED = 0
+
+
 async def throughput(target: int, rounds: int) -> dict[str, float]:
+    global EXPECTED  # noqa: PLW0603 - the cti reader stops when it has seen them all
     payload, events = build_stream(target)
+    EXPECTED = events
     print(f"stream: {events} events, {len(payload) / 1e6:.1f} MB, best of {rounds} rounds")
     readers: dict[str, Callable[[int], Awaitable[int]]] = {
         "raw": read_raw, "minimal": read_minimal, "panoramisk": read_panoramisk, "cti": read_cti,
@@ -196,7 +208,6 @@ def main() -> None:
         print(f"\nAgentCalled -> MQTT received at {args.rate:.0f} calls/s over {args.seconds:.0f}s: "
               f"{lat['count']} pops, p50 {lat['p50'] * 1000:.2f} ms, p99 {lat['p99'] * 1000:.2f} ms, "
               f"max {lat['max'] * 1000:.2f} ms")
-    _ = statistics  # imported for the latency helper's callers
 
 
 if __name__ == "__main__":
