@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AgentConfig",
@@ -102,6 +110,11 @@ class SimConfig(_Model):
     ring_s: float = Field(2.0, ge=0)
     wrapup_s: float = Field(3.0, ge=0)
     vip_share: float = Field(0.2, ge=0, le=1)
+    queue: str = Field("support", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the app_queue queue callers join")
+    no_answer_prob: float = Field(0.1, ge=0, le=1, description="chance an agent lets a ring time out")
+    ring_timeout_s: float = Field(8.0, gt=0, description="queue member ring timeout (queues.conf timeout)")
+    retry_s: float = Field(1.0, ge=0, description="pause before a member that did not answer is rung again")
+    tick_s: float = Field(0.05, gt=0, description="how often the simulation clock advances in real time")
 
 
 class Config(_Model):

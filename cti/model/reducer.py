@@ -138,7 +138,31 @@ class CallModel:
                     left.current_queue = None
                     left.left_queue_at = now
                     left.seen_gap = True
+                    self._answered_while_away(left, live, now, out)
         return out
+
+    def _answered_while_away(self, call: Call, live: dict[str, Message], now: float,
+                             out: list[DomainEvent]) -> None:
+        """A caller who left the queue during the outage and is now bridged was answered.
+
+        The agent is the one whose interface names a bridged leg's channel
+        (``PJSIP/1001`` -> ``PJSIP/1001-0000002b``); the answer time is unknown, so now.
+        """
+        bridged = [live[uid] for uid in call.legs if uid in live and live[uid].fields.get("BridgeId")]
+        if not bridged:
+            return
+        call.answered_at = now
+        for msg in bridged:
+            channel = msg.fields.get("Channel", "")
+            for agent in self._agents:
+                iface = agent.interface.removesuffix("/n")
+                if channel.startswith(iface + "-"):
+                    call.agent, call.agent_id, call.agent_interface = agent.name, agent.id, agent.interface
+                    self._member(agent.interface, agent.name).call = call.linkedid
+                    break
+        log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, agent=call.agent,
+                 while_disconnected=True)
+        self._emit_call(out, ev.CALL_ANSWERED, call, now, call.agent_id, while_disconnected=True)
 
     # --- lookups ------------------------------------------------------------------------------
 

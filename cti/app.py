@@ -1,0 +1,155 @@
+"""Wiring: build the adapters from the config, inject them, run them as one task group.
+
+Nothing here decides anything about calls; it connects the AMI client, the
+call model pipeline, Redis, the push transports and the web edge, and keeps
+their lifetimes nested so a stop closes every socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+
+from cti.ami.client import AmiClient
+from cti.config import Config
+from cti.directory.importer import load_customers
+from cti.directory.store import RedisDirectory
+from cti.metrics import AMI_CONNECTED, LIVE_CALLS
+from cti.model.reducer import CallModel
+from cti.pipeline import EventPipeline
+from cti.push.envelope import RedisSequencer
+from cti.push.mqtt import MqttSink
+from cti.push.notifier import AgentNotifier, Sink
+from cti.push.ws import WebSocketHub
+from cti.web import build_web_app
+from cti.web.routes import WebState
+
+__all__ = ["CtiServer", "run_demo", "run_server"]
+
+log = structlog.get_logger(__name__)
+
+
+class CtiServer:
+    """The whole server as one async context manager (tests start it the same way)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.model = CallModel(agents=config.agents)
+        self.http_port: int | None = None
+        self._stack = AsyncExitStack()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at = time.time()
+        self.ami: AmiClient
+        self.pipeline: EventPipeline
+        self.hub: WebSocketHub
+        self.mqtt: MqttSink | None = None
+
+    async def __aenter__(self) -> CtiServer:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        redis = aioredis.from_url(cfg.redis.url, socket_timeout=5, socket_connect_timeout=5)
+        self._stack.push_async_callback(redis.aclose)
+        await redis.ping()
+        directory = RedisDirectory(redis, key_prefix=cfg.redis.key_prefix)
+        if cfg.directory.source is not None:
+            customers = load_customers(cfg.directory.source)
+            await directory.replace_all(customers)
+            log.info("directory.imported", source=str(cfg.directory.source), customers=len(customers))
+
+        self.hub = WebSocketHub(agents={a.id for a in cfg.agents})
+        sinks: list[Sink] = [self.hub]
+        if cfg.mqtt.enabled:
+            self.mqtt = MqttSink(config=cfg.mqtt)
+            sinks.append(self.mqtt)
+        notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks)
+        self.pipeline = EventPipeline(model=self.model, notifier=notifier, directory=directory)
+        self.ami = AmiClient(config=cfg.ami, on_event=self.pipeline.on_event, on_connect=self.pipeline.on_connect)
+
+        app = build_web_app(WebState(model=self.model, agents=cfg.agents, health=self.health),
+                            extra_routes=self.hub.routes())
+        app.on_shutdown.append(lambda _app: self.hub.close_all())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
+
+        group = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._tasks.append(group.create_task(self.ami.run(), name="cti.ami"))
+        if self.mqtt is not None:
+            self._tasks.append(group.create_task(self.mqtt.run(), name="cti.mqtt"))
+        self._tasks.append(group.create_task(self._gauges(), name="cti.gauges"))
+        log.info("server.started", http=f"http://{cfg.http.host}:{self.http_port}/",
+                 ami=f"{cfg.ami.host}:{cfg.ami.port}", agents=len(cfg.agents))
+
+    async def _gauges(self) -> None:
+        while True:
+            AMI_CONNECTED.set(1 if self.ami.connected else 0)
+            LIVE_CALLS.set(len(self.model.calls))
+            await asyncio.sleep(1)
+
+    def health(self) -> dict[str, Any]:
+        connected = bool(self.ami.connected)
+        return {
+            "ok": connected and self.pipeline.synced,
+            "ami_connected": connected,
+            "model_synced": self.pipeline.synced,
+            "live_calls": len(self.model.calls),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    async def serve_forever(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def run_server(config: Config) -> None:
+    """The server; with ``sim.enabled`` the simulator stands in for Asterisk on ``sim.port``."""
+    async with contextlib.AsyncExitStack() as stack:
+        if config.sim.enabled:
+            from cti.sim.runner import simulator_for
+
+            sim = await stack.enter_async_context(simulator_for(config))
+            config = config.model_copy(update={"ami": config.ami.model_copy(update={
+                "host": sim.host, "port": sim.port})})
+        server = await stack.enter_async_context(CtiServer(config))
+        url = f"http://{config.http.host}:{server.http_port}/"
+        print(f"\n  CTI server: {url}\n  agent consoles: "
+              + "  ".join(f"{url}agents/{a.id}" for a in config.agents)
+              + f"\n  MQTT: mosquitto_sub -h {config.mqtt.host} -p {config.mqtt.port} "
+              f"-t '{config.mqtt.topic_prefix}/#' -v\n", flush=True)
+        await server.serve_forever()
+
+
+async def run_demo(config: Config) -> None:
+    """Simulator + a private Redis and MQTT broker on free loopback ports + the server."""
+    from cti.devservices import dev_services
+
+    with dev_services() as services:
+        log.info("demo.services", redis=services.redis_url, mqtt_port=services.mqtt_port)
+        await run_server(config.model_copy(update={
+            "redis": config.redis.model_copy(update={"url": services.redis_url}),
+            "mqtt": config.mqtt.model_copy(update={"host": "127.0.0.1", "port": services.mqtt_port}),
+            "sim": config.sim.model_copy(update={"enabled": True}),
+        }))

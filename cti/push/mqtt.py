@@ -1,0 +1,165 @@
+"""Push envelopes to MQTT: ``{topic_prefix}/agents/{agent}/events``, QoS 1, never retained.
+
+``publish`` only enqueues, so a dead broker never stalls the call model; the
+:meth:`MqttSink.run` loop (a named task in the app's TaskGroup) owns the aiomqtt
+client, reconnects with capped backoff and drains the outbox in order.  A pop is
+not retained: a client that connects later must not see a stale ringing call.
+
+Delivery is at least once: envelopes are sent one at a time and the one whose
+PUBACK has not arrived is sent again on the next connection; clients dedupe on
+the envelope ``id``.  Each connection gets a fresh :class:`aiomqtt.Client`:
+reusing one after an unexpected disconnect left paho spinning on a stale socket
+(aiomqtt 2.5, cf. empicano/aiomqtt#288), and paho's own resend queue dies with it,
+which is why the sink keeps the unacknowledged envelope itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Final
+
+import aiomqtt
+import structlog
+
+from cti.ami.backoff import Backoff
+from cti.config import MqttConfig
+from cti.push.envelope import Envelope
+
+__all__ = ["MqttSink", "agent_topic"]
+
+log = structlog.get_logger(__name__)
+
+_UNSAFE: Final = frozenset("/+#\0")
+
+
+def agent_topic(prefix: str, agent: str) -> str:
+    """The agent's event topic; an id that could widen a subscription or an ACL match is refused."""
+    if not agent or any(c in _UNSAFE for c in agent):
+        raise ValueError(f"agent id {agent!r} is not a safe MQTT topic segment (empty, '/', '+', '#' or NUL)")
+    return f"{prefix}/agents/{agent}/events"
+
+
+class MqttSink:
+    """A :class:`~cti.push.notifier.Sink` over one long-lived, reconnecting MQTT connection."""
+
+    def __init__(
+        self,
+        *,
+        config: MqttConfig,
+        outbox_size: int = 10_000,
+        backoff: Backoff | None = None,
+        publish_timeout: float = 10.0,
+        keepalive: int = 30,
+        max_queued_incoming_messages: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        if outbox_size < 1:
+            raise ValueError("outbox_size must be at least 1")
+        self._config = config
+        self._outbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=outbox_size)
+        self._backoff = backoff or Backoff(initial=0.5, cap=30.0)
+        self._publish_timeout = publish_timeout
+        self._keepalive = keepalive
+        self._max_incoming = max_queued_incoming_messages
+        self._rng = rng or random.Random()
+        self._unacked: Envelope | None = None
+        self.connected = False
+        self.dropped = 0
+
+    def topic(self, agent: str) -> str:
+        return agent_topic(self._config.topic_prefix, agent)
+
+    @property
+    def pending(self) -> int:
+        """Envelopes not yet acknowledged by the broker."""
+        return self._outbox.qsize() + (self._unacked is not None)
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Enqueue without waiting; when the outbox is full the oldest envelope is dropped (the client sees a gap)."""
+        self.topic(envelope.agent)  # refuse an unsafe id now, where the caller can see the error
+        try:
+            self._outbox.put_nowait(envelope)
+        except asyncio.QueueFull:
+            oldest = self._outbox.get_nowait()
+            self.dropped += 1
+            log.warning("mqtt.outbox_full_dropped", agent=oldest.agent, seq=oldest.seq, type=oldest.type,
+                        outbox_size=self._outbox.maxsize)
+            self._outbox.put_nowait(envelope)
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self._config
+        return aiomqtt.Client(
+            hostname=cfg.host,
+            port=cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password is not None else None,
+            identifier=cfg.client_id,
+            keepalive=self._keepalive,
+            timeout=self._publish_timeout,
+            # We subscribe to nothing yet; the bound keeps a misbehaving broker from growing memory.
+            max_queued_incoming_messages=self._max_incoming,
+        )
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect — until cancelled.  Clients are made here: aiomqtt needs the running loop."""
+        cfg = self._config
+        failures = 0
+        while True:
+            client = self._client()
+            try:
+                async with client:
+                    _reraise_swallowed_cancel()
+                    self.connected = True
+                    failures = 0
+                    log.info("mqtt.connected", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
+                             pending=self.pending)
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._watch(client), name="cti.mqtt.watch")
+                        group.create_task(self._drain(client), name="cti.mqtt.drain")
+            except* aiomqtt.MqttError as errors:
+                exc = errors.exceptions[0]
+                delay = self._backoff.delay(failures, self._rng)
+                event = "mqtt.disconnected" if self.connected else "mqtt.connect_failed"
+                self.connected = False
+                failures += 1
+                log.warning(event, host=cfg.host, port=cfg.port, error=str(exc), retry_in_s=round(delay, 2),
+                            pending=self.pending)
+                await asyncio.sleep(delay)
+            finally:
+                self.connected = False
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Raise MqttError as soon as the connection drops.
+
+        aiomqtt 2.x does not wake a publish that waits for its PUBACK when the
+        connection drops (it waits for the full timeout); its message iterator is
+        the public signal that does, so ending this task cancels the drain at once.
+        """
+        async for _ in client.messages:  # nothing is subscribed; only a disconnect ends this
+            pass
+        raise aiomqtt.MqttError("message iteration ended")
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            envelope = self._unacked or await self._outbox.get()
+            self._unacked = envelope  # kept until the PUBACK: a drop mid-publish sends it again
+            await self._send(client, envelope)
+            self._unacked = None
+            _reraise_swallowed_cancel()
+
+
+    async def _send(self, client: aiomqtt.Client, envelope: Envelope) -> None:
+        topic = self.topic(envelope.agent)
+        try:
+            await client.publish(topic, envelope.to_json().encode(), qos=1, retain=False)
+        except ValueError as exc:  # paho refuses the message itself (e.g. too large): retrying cannot help
+            log.error("mqtt.publish_refused", agent=envelope.agent, seq=envelope.seq, error=str(exc))
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Python 3.11's ``asyncio.wait_for`` (inside aiomqtt's publish and connect) drops a cancel that
+    arrives as its inner future completes; without this check the task would wait on the outbox forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -1,0 +1,93 @@
+"""The whole server against the simulator, with real Redis and mosquitto, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+
+from cti.app import CtiServer
+from cti.config import AgentConfig, Config
+from cti.sim.server import AmiServer
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENTS = [
+    AgentConfig(id="alice", name="Alice", interface="PJSIP/1001"),
+    AgentConfig(id="bob", name="Bob", interface="PJSIP/1002"),
+]
+
+
+def make_config(*, redis_url: str, mqtt_port: int, **sim: Any) -> Config:
+    return Config.model_validate({
+        "ami": {"host": "127.0.0.1", "port": 5038, "ping_interval": 1, "ping_timeout": 1,
+                "backoff_initial": 0.2, "backoff_max": 1},
+        "redis": {"url": redis_url},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "agents": [a.model_dump() for a in AGENTS],
+        "directory": {"source": str(ROOT / "config" / "customers.yaml")},
+        "sim": {"enabled": True, "port": 0, "calls_per_minute": 0, "ring_s": 0.3, "mean_talk_s": 60,
+                "mean_patience_s": 600, "no_answer_prob": 0, "wrapup_s": 0, "tick_s": 0.02, **sim},
+    })
+
+
+@dataclass
+class Inbox:
+    """Envelopes one agent client received, with a way to wait for the one a test needs."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def add(self, envelope: dict[str, Any]) -> None:
+        async with self.changed:
+            self.items.append(envelope)
+            self.changed.notify_all()
+
+    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
+        async with asyncio.timeout(timeout), self.changed:
+            await self.changed.wait_for(lambda: any(pred(e) for e in self.items))
+        return next(e for e in self.items if pred(e))
+
+    def types(self, linkedid: str) -> list[str]:
+        return [e["type"] for e in self.items if e["payload"].get("linkedid") == linkedid]
+
+
+async def mqtt_listener(port: int, topic: str, inbox: Inbox, subscribed: asyncio.Event) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"test-{id(inbox)}") as client:
+        await client.subscribe(topic, qos=1)
+        subscribed.set()
+        async for message in client.messages:
+            await inbox.add(json.loads(message.payload))  # type: ignore[arg-type]
+
+
+async def ws_listener(url: str, inbox: Inbox, opened: asyncio.Event) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        async for frame in ws:
+            data = json.loads(frame.data)
+            if data.get("type") == "hello":
+                opened.set()
+                continue
+            await inbox.add(data)
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 10) -> None:
+    """Poll state the server exposes no event for (the model, the simulator's PBX)."""
+    async with asyncio.timeout(timeout):
+        while not pred():  # noqa: ASYNC110 - nothing to wait on: these are plain attributes
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[tuple[AmiServer, CtiServer]]:
+    async with AmiServer(config=config.sim, agents=config.agents, port=0, random_arrivals=False) as sim:
+        config = config.model_copy(update={"ami": config.ami.model_copy(update={"port": sim.port})})
+        async with CtiServer(config) as server:
+            await eventually(lambda: server.health()["ok"])
+            yield sim, server

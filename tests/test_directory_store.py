@@ -1,0 +1,88 @@
+"""Directory import (YAML, CSV, errors) and Redis lookups against a real redis-server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from cti.directory.importer import DirectoryImportError, load_customers
+from cti.directory.models import Customer
+from cti.directory.store import RedisDirectory
+
+pytestmark = pytest.mark.network
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_yaml_imports() -> None:
+    customers = load_customers(ROOT / "config" / "customers.yaml")
+    by_id = {c.id: c for c in customers}
+    assert len(customers) >= 10
+    vip = next(c for c in customers if "8613900000001" in c.numbers)
+    assert vip.vip_tier == 3 and vip.account_manager in {"alice", "bob", "chen"}
+    assert any("13800000001" in c.numbers for c in by_id.values())
+
+
+def test_csv_with_several_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "dir.csv"
+    path.write_text("id,numbers,name,company,vip_tier,account_manager,notes\n"
+                    'c1,+86 138 0000 0001; 010-6500-0001,Wang Lei,Huaxin,2,chen,"likes, commas"\n'
+                    "c2,13800000002,Li Na,,,,\n", encoding="utf-8")
+    c1, c2 = load_customers(path)
+    assert c1.numbers == ["8613800000001", "01065000001"] and c1.vip_tier == 2 and c1.notes == "likes, commas"
+    assert c2.company is None and c2.vip_tier == 0
+
+
+def test_bad_csv_row_names_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "dir.csv"
+    path.write_text("id,numbers,name,vip_tier\nc1,13800000001,A,1\nc2,13800000002,B,7\n", encoding="utf-8")
+    with pytest.raises(DirectoryImportError) as err:
+        load_customers(path)
+    assert str(path) in str(err.value) and "line 3" in str(err.value) and "vip_tier" in str(err.value)
+
+
+def test_bad_yaml_item_names_index_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "dir.yaml"
+    path.write_text("- {id: a, numbers: ['1380000'], name: A}\n- {id: b, numbers: ['not a number'], name: B}\n")
+    with pytest.raises(DirectoryImportError, match=r"customers\[1\].*numbers"):
+        load_customers(path)
+
+
+def test_duplicate_number_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "dir.yaml"
+    path.write_text("customers:\n- {id: a, numbers: ['+8613800000001'], name: A}\n"
+                    "- {id: b, numbers: ['008613800000001'], name: B}\n")
+    with pytest.raises(DirectoryImportError, match="already belongs"):
+        load_customers(path)
+
+
+def _c(id: str, *numbers: str) -> Customer:
+    return Customer(id=id, numbers=list(numbers), name=id.upper())
+
+
+async def test_lookup_exact_suffix_and_unknown(redis_client: aioredis.Redis) -> None:
+    directory = RedisDirectory(redis_client, key_prefix="t:")
+    await directory.replace_all([_c("a", "8613800000001"), _c("b", "13900000002"), _c("c", "441900000002"),
+                                 _c("d", "1001")])
+    assert await directory.count() == 4
+    assert (await directory.lookup("+86 138-0000-0001")).id == "a"  # type: ignore[union-attr]
+    assert (await directory.lookup("013800000001")).id == "a"  # type: ignore[union-attr]  national form
+    assert await directory.lookup("0013900000002") is not None  # 00 prefix stripped: exact
+    assert await directory.lookup("900000002") is None  # suffix shared by b and c: ambiguous
+    assert (await directory.lookup("1001")).id == "d"  # type: ignore[union-attr]
+    for junk in ("<unknown>", "", None, "anonymous"):
+        assert await directory.lookup(junk) is None
+
+
+async def test_replace_all_swaps_whole_directories(redis_client: aioredis.Redis) -> None:
+    directory = RedisDirectory(redis_client, key_prefix="t:")
+    await directory.replace_all([_c("old", "13800000001")])
+    await directory.replace_all([_c("new", "13900000001")])
+    assert await directory.lookup("13800000001") is None
+    assert (await directory.lookup("13900000001")).id == "new"  # type: ignore[union-attr]
+    assert await directory.count() == 1
+    assert not [k async for k in redis_client.scan_iter("t:directory:staging:*")]
+    await directory.replace_all([])
+    assert await directory.count() == 0

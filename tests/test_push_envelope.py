@@ -1,0 +1,63 @@
+"""The envelope format, sequence numbers in Redis, and the notifier's one publish path."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import redis.asyncio as aioredis
+
+from cti.push.envelope import Envelope, EnvelopeError, MemorySequencer, RedisSequencer
+from cti.push.notifier import AgentNotifier
+
+pytestmark = pytest.mark.network
+
+
+def test_round_trip_and_wire_shape() -> None:
+    env = Envelope(type="call.offered", agent="alice", seq=7, payload={"caller": "13800000001", "name": "王磊"})
+    text = env.to_json()
+    assert " " not in text.replace("王磊", "")  # compact
+    assert "王磊" in text  # ensure_ascii=False
+    wire = json.loads(text)
+    assert list(wire) == ["v", "id", "seq", "ts", "type", "agent", "payload"]
+    assert wire["v"] == 1 and wire["seq"] == 7 and re.fullmatch(r"[0-9a-f]{32}", wire["id"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", wire["ts"])
+    assert Envelope.from_json(text) == env
+
+
+@pytest.mark.parametrize("text", ["[]", "nope", '{"v": 2}', '{"v": 1, "id": "x", "seq": "1"}'])
+def test_from_json_rejects(text: str) -> None:
+    with pytest.raises(EnvelopeError):
+        Envelope.from_json(text)
+
+
+async def test_redis_sequencer_counts_per_agent_and_survives_a_new_instance(redis_client: aioredis.Redis) -> None:
+    seq = RedisSequencer(redis_client, key_prefix="t:")
+    assert [await seq.next("alice") for _ in range(3)] == [1, 2, 3]
+    assert await seq.next("bob") == 1
+    again = RedisSequencer(redis_client, key_prefix="t:")  # a restarted (or second) server
+    assert await again.next("alice") == 4
+    assert await redis_client.get("t:agent:alice:seq") == b"4"
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.got: list[Envelope] = []
+
+    async def publish(self, envelope: Envelope) -> None:
+        self.got.append(envelope)
+
+
+class _Broken:
+    async def publish(self, envelope: Envelope) -> None:
+        raise ConnectionError("down")
+
+
+async def test_notifier_gives_every_sink_the_same_envelope_despite_a_broken_one() -> None:
+    first, second = _Recorder(), _Recorder()
+    notifier = AgentNotifier(sequencer=MemorySequencer(), sinks=[first, _Broken(), second])
+    env1 = await notifier.notify("alice", "call.offered", {"caller": "1"})
+    env2 = await notifier.notify("alice", "call.answered", {"caller": "1"})
+    assert (env1.seq, env2.seq) == (1, 2)
+    assert first.got == second.got == [env1, env2]
