@@ -149,7 +149,14 @@ class Pbx:
         self._last_ts = 0.0
         self._talk_total = 0.0
         self._hold_total = 0.0
-        if random_arrivals and config.calls_per_minute > 0:
+        self._arrivals = False
+        if random_arrivals:
+            self.start_arrivals(now)
+
+    def start_arrivals(self, now: float) -> None:
+        """Start the Poisson arrival process (once; a no-op at calls_per_minute 0)."""
+        if not self._arrivals and self.config.calls_per_minute > 0:
+            self._arrivals = True
             self._schedule(now + self._next_arrival(), "arrival")
 
     # ---- time -------------------------------------------------------------------------------
@@ -788,6 +795,9 @@ class Simulator:
         linkedid = self.pbx.place_call(number, name, now=self.clock(), originate_action_id=action_id or "")
         self._flush()
         return linkedid
+
+    def start_arrivals(self) -> None:
+        self.pbx.start_arrivals(self.clock())
 
     def pause(self, agent: str, paused: bool = True, *, reason: str = "") -> bool:
         ok = self.pbx.pause(agent, paused, now=self.clock(), reason=reason)

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import cti.metrics  # noqa: F401 - registers the cti_* metrics that /metrics serves
 from cti.config import AgentConfig
 from cti.model.reducer import CallModel
 

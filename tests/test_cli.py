@@ -1,0 +1,68 @@
+"""The command line as support staff and admins use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cti.cli import main
+from tests.traces import TRACES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_explains_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "demo", "replay", "check-config", "directory"):
+        assert command in result.output
+    replay_help = CliRunner().invoke(main, ["replay", "--help"]).output
+    assert "unanswered" in replay_help and "wait_s" in replay_help
+
+
+def test_replay_prints_one_json_line_per_call() -> None:
+    result = CliRunner().invoke(main, ["replay", str(TRACES / "abandon" / "ami-raw.txt"),
+                                       "-c", str(ROOT / "config" / "cti.yaml")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 5
+    assert {"linkedid", "caller", "queue", "agent", "outcome", "wait_s", "talk_s"} <= set(rows[0])
+    assert sorted(r["outcome"] for r in rows) == ["abandoned"] + ["answered"] * 4
+
+
+def test_replay_reads_stdin_and_survives_garbage() -> None:
+    capture = (TRACES / "basic" / "ami-raw.txt").read_bytes()
+    junk = b"Event: AgentCalled\r\nLinkedid: x\r\n\r\nnot a header line\r\n\r\n"
+    cut = capture.index(b"Event: QueueCallerJoin")
+    result = CliRunner().invoke(main, ["replay", "-"], input=capture[:cut] + junk + capture[cut:])
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in result.output.splitlines() if '"linkedid": "1795391524.70"' in line]
+    assert row["outcome"] == "answered" and row["agent"] == "Bob"
+
+
+def test_check_config_reports_the_key_path(tmp_path: Path) -> None:
+    good = CliRunner().invoke(main, ["check-config", str(ROOT / "config" / "cti.yaml")])
+    assert good.exit_code == 0 and "3 agents" in good.output
+    bad = tmp_path / "cti.yaml"
+    bad.write_text("http:\n  port: -1\n")
+    result = CliRunner().invoke(main, ["check-config", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}: 1 invalid setting(s)" in result.output and "http.port:" in result.output
+
+
+def test_directory_import_rejects_a_bad_file_before_touching_redis(tmp_path: Path) -> None:
+    bad = tmp_path / "customers.yaml"
+    bad.write_text("- {id: c1, numbers: ['138'], name: A, vip_tier: 9}\n")
+    result = CliRunner().invoke(main, ["directory", "import", str(bad), "-c", str(ROOT / "config" / "cti.yaml")])
+    assert result.exit_code == 1 and "vip_tier" in result.output
+
+
+def test_directory_import_loads_redis(tmp_path: Path, redis_url: str) -> None:
+    config = tmp_path / "cti.yaml"
+    config.write_text(f"redis:\n  url: {redis_url}\n  key_prefix: 'clitest:'\n")
+    result = CliRunner().invoke(main, ["directory", "import", str(ROOT / "config" / "customers.yaml"),
+                                       "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("imported 12 customers")
