@@ -18,8 +18,8 @@ from typing import Any
 
 import aiomqtt
 
-from cti.app import CtiServer
 from cti.ami.codec import Message
+from cti.app import CtiServer
 from cti.config import Config
 from cti.devservices import dev_services
 from cti.sim.server import AmiServer
