@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import getpass
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import aiomqtt
 import pytest
+import structlog.testing
 
 from cti.ami.backoff import Backoff
 from cti.config import MqttConfig
-from cti.devservices import free_port
+from cti.devservices import _binary, _process, free_port
 from cti.push.envelope import Envelope
 from cti.push.mqtt import MqttSink, agent_topic
 
@@ -140,3 +143,166 @@ async def test_unsafe_agent_ids_are_refused(agent: str) -> None:
         agent_topic("cti/v1", agent)
     with pytest.raises(ValueError):
         await sink_for(1).publish(Envelope(type="x", agent=agent, seq=1))
+
+
+# --- a real broker that is stopped and started again on the same port -------------------------
+
+class Broker:
+    """A private mosquitto on a fixed 127.0.0.1 port that a test can stop and start again.
+
+    Persistence is on so a subscriber with a persistent session (``clean_session=False``)
+    keeps its QoS 1 subscription across the restart: what the sink delivers before the
+    subscriber is back is queued for it, so the test does not race the sink's reconnect.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self._conf = workdir / "mosquitto.conf"
+        # ``user``: started as root, mosquitto would switch to user "mosquitto" and could not save its db here
+        self._conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+                              f"persistence true\npersistence_location {workdir}/\n")
+        self._workdir = workdir
+        self._stack: contextlib.ExitStack | None = None
+        self._starts = 0
+
+    def start(self) -> None:
+        assert self._stack is None
+        stack = contextlib.ExitStack()
+        stack.enter_context(_process([_binary("mosquitto", "mosquitto"), "-c", str(self._conf)], self.port,
+                                     f"mosquitto-{self._starts}", self._workdir))
+        self._starts += 1
+        self._stack = stack
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()  # SIGTERM: mosquitto saves its sessions and exits
+            self._stack = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@contextlib.asynccontextmanager
+async def durable_subscriber(port: int, identifier: str) -> AsyncIterator[aiomqtt.Client]:
+    """A subscriber whose session (and so its QoS 1 queue) outlives its connection and a broker restart."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier=identifier, clean_session=False,
+                              max_queued_incoming_messages=1000) as client:
+        await client.subscribe(TOPIC, qos=1)
+        yield client
+
+
+async def receive_ids(client: aiomqtt.Client, want: set[str], timeout: float = 15) -> dict[str, Envelope]:
+    """Everything received until every id in ``want`` was seen (extras: QoS 1 repeats of earlier ones)."""
+    got: dict[str, Envelope] = {}
+    async with asyncio.timeout(timeout):
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            env = Envelope.from_json(message.payload)
+            got.setdefault(env.id, env)
+            if want <= got.keys():
+                break
+    return got
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 -- polls sink state, which has no event to wait on
+            await asyncio.sleep(0.01)
+
+
+async def test_already_connected_sink_survives_broker_restart(broker: Broker) -> None:
+    ident = f"cti-test-sub-{broker.port}"
+    async with running(sink_for(broker.port)) as sink:
+        async with durable_subscriber(broker.port, ident) as sub:
+            first = envelopes(1, 11)
+            for env in first:
+                await sink.publish(env)
+            await receive_ids(sub, {e.id for e in first})
+            assert sink.connected
+            # one more goes out just as the broker dies: it may be in flight
+            in_flight = envelopes(11, 12)[0]
+            await sink.publish(in_flight)
+            broker.stop()
+        await wait_until(lambda: not sink.connected)
+        down = envelopes(12, 32)
+        for env in down:
+            await sink.publish(env)
+        broker.start()  # same port, same persisted sessions
+        await wait_until(lambda: sink.connected)
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier=ident, clean_session=False,
+                                  max_queued_incoming_messages=1000) as sub:
+            got = await receive_ids(sub, {e.id for e in [in_flight, *down]})
+        await wait_until(lambda: sink.pending == 0)
+    assert [e.seq for e in got.values() if e.seq >= 12] == [e.seq for e in down]  # in order
+
+
+async def test_already_connected_sink_survives_a_cut_link(mqtt_port: int) -> None:
+    port = free_port()
+    async with Proxy(listen_port=port, target_port=mqtt_port) as proxy, subscriber(mqtt_port) as sub, \
+            running(sink_for(port)) as sink:
+        await proxy.start()
+        first = envelopes(1, 11)
+        for env in first:
+            await sink.publish(env)
+        await receive_ids(sub, {e.id for e in first})
+        in_flight = envelopes(11, 12)[0]
+        await sink.publish(in_flight)
+        await proxy.stop()
+        await wait_until(lambda: not sink.connected)
+        down = envelopes(12, 32)
+        for env in down:
+            await sink.publish(env)
+        await asyncio.sleep(0.3)  # let a few reconnects be refused (not an assertion: the bug lived here)
+        await proxy.start()
+        got = await receive_ids(sub, {e.id for e in [in_flight, *down]})
+        await wait_until(lambda: sink.pending == 0)
+    assert [e.seq for e in got.values() if e.seq >= 12] == [e.seq for e in down]
+
+
+async def test_cancel_during_backoff_sleep_exits_promptly() -> None:
+    port = free_port()  # refused: the sink fails to connect, then sleeps a minute
+    sink = MqttSink(config=MqttConfig(host="127.0.0.1", port=port, client_id="cti-test-backoff"),
+                    backoff=Backoff(initial=60, cap=60))
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(sink.run())
+        await wait_until(lambda: any(e["event"] == "mqtt.connect_failed" for e in logs))
+        task.cancel()
+        async with asyncio.timeout(5):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert logs[-1]["event"] == "mqtt.stopped" and not sink.connected
+
+
+async def test_cancel_mid_connect_exits_promptly() -> None:
+    """A peer that accepts TCP but never answers CONNECT: the sink waits for a CONNACK (publish_timeout)."""
+    got_connect = asyncio.Event()
+    peers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer)
+        if await reader.read(1):
+            got_connect.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        sink = MqttSink(config=MqttConfig(host="127.0.0.1", port=port, client_id="cti-test-connect"),
+                        backoff=FAST, publish_timeout=60)
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(sink.run())
+            async with asyncio.timeout(5):
+                await got_connect.wait()
+            task.cancel()
+            async with asyncio.timeout(5):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        assert [e["event"] for e in logs] == ["mqtt.stopped"] and not sink.connected
+        for writer in peers:
+            writer.transport.abort()

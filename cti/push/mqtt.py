@@ -104,6 +104,16 @@ class MqttSink:
     async def run(self) -> None:
         """Connect, drain, reconnect — until cancelled.  Clients are made here: aiomqtt needs the running loop."""
         cfg = self._config
+        try:
+            await self._connect_loop()
+        except BaseException as exc:  # cancelled at shutdown, or a bug: say so, a silent stop looks like a hang
+            log.info("mqtt.stopped", host=cfg.host, port=cfg.port, reason=type(exc).__name__, pending=self.pending)
+            raise
+        finally:
+            self.connected = False
+
+    async def _connect_loop(self) -> None:
+        cfg = self._config
         failures = 0
         while True:
             client = self._client()
@@ -114,9 +124,14 @@ class MqttSink:
                     failures = 0
                     log.info("mqtt.connected", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
                              pending=self.pending)
+                    # The drain runs in the group's body, not as a second child.  On Python 3.11 a child
+                    # that fails while the parent already waits in TaskGroup.__aexit__ cancels the parent
+                    # and never uncancels it (CPython gh-116720): ``cancelling()`` stayed at 1 for good and
+                    # _reraise_swallowed_cancel ended this loop, silently, right after the next connect.
+                    # With the body busy, the group's cancel lands in the body and __aexit__ uncancels it.
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._watch(client), name="cti.mqtt.watch")
-                        group.create_task(self._drain(client), name="cti.mqtt.drain")
+                        await self._drain(client)
             except* aiomqtt.MqttError as errors:
                 exc = errors.exceptions[0]
                 delay = self._backoff.delay(failures, self._rng)

@@ -64,7 +64,7 @@ class CallState(Enum):
     ENDED = "ended"
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, eq=False)  # identity: members and calls are entities
 class Member:
     """A static queue member (one per configured agent)."""
 
@@ -86,7 +86,7 @@ class Member:
         return self.agent.interface
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, eq=False)
 class Call:
     """One inbound call: the trunk channel and, while offered or answered, an agent leg."""
 
@@ -398,11 +398,11 @@ class Pbx:
         for call in list(self.waiting):
             if call.member is not None:
                 continue
-            free = [m for m in self.members if self._free(m, now) and call.blocked.get(m.interface, 0.0) <= now]
+            free = [(m.last_call_exact, i) for i, m in enumerate(self.members)
+                    if self._free(m, now) and call.blocked.get(m.interface, 0.0) <= now]
             if not free:  # a member that just missed this caller is retried by the timer _ring_no_answer set
                 continue
-            member = min(free, key=lambda m: (m.last_call_exact, self.members.index(m)))
-            self._ring(call, member, now)
+            self._ring(call, self.members[min(free)[1]], now)
 
     def _ring(self, call: Call, m: Member, now: float) -> None:
         ext = m.interface.rsplit("/", 1)[-1]
