@@ -1,30 +1,39 @@
 """Screen-pop latency: AgentCalled written to the AMI socket -> call.offered received over MQTT.
 
-Everything real and on 127.0.0.1: the simulator offers calls at a fixed rate to
-many agents, the whole server (AMI client, call model, Redis lookup and sequence,
-MQTT publish QoS 1) turns each AgentCalled into a pop, and a subscriber on the same
-mosquitto timestamps its arrival. The baseline, measured in the same run on the
-same broker, is a bare QoS 1 publish of a pop-sized message to a subscriber.
+Everything real and on 127.0.0.1, each part in its own process as in production:
+the simulator (standing in for Asterisk) offers calls at a fixed rate to many
+agents; ``cti serve`` (AMI client, call model, Redis lookup and sequence, MQTT
+publish QoS 1) turns each AgentCalled into a pop; a subscriber (standing in for the
+agents' clients) timestamps arrivals. The simulator and the subscriber share this
+process, so both timestamps come from one clock. The baseline, measured in the same
+run on the same broker, is a bare QoS 1 publish of a pop-sized message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
+import yaml
 
 from cti.ami.codec import Message
-from cti.app import CtiServer
 from cti.config import Config
-from cti.devservices import dev_services
+from cti.devservices import dev_services, free_port
+from cti.sim.runner import callers_from_directory
 from cti.sim.server import AmiServer
 
 ROOT = Path(__file__).resolve().parents[1]
+AGENTS = 300
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -56,20 +65,34 @@ async def _bare_mqtt(port: int, count: int, rate: float) -> dict[str, float]:
     return _percentiles(got)
 
 
+async def _wait_healthy(port: int, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout), aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+
+
 async def run_latency(*, rate: float, seconds: float) -> dict[str, Any]:
-    agents = [{"id": f"a{i:03d}", "name": f"Agent {i}", "interface": f"PJSIP/{2000 + i}"} for i in range(300)]
-    with dev_services() as services:
-        config = Config.model_validate({
+    agents = [{"id": f"a{i:03d}", "name": f"Agent {i}", "interface": f"PJSIP/{2000 + i}"} for i in range(AGENTS)]
+    with dev_services() as services, tempfile.TemporaryDirectory(prefix="cti-bench-") as tmp:
+        http_port = free_port()
+        settings: dict[str, Any] = {
+            "ami": {"host": "127.0.0.1", "port": 5038},
             "redis": {"url": services.redis_url},
             "mqtt": {"host": "127.0.0.1", "port": services.mqtt_port},
-            "http": {"host": "127.0.0.1", "port": 0},
+            "http": {"host": "127.0.0.1", "port": http_port},
             "agents": agents,
             "directory": {"source": str(ROOT / "config" / "customers.yaml")},
             "sim": {"port": 0, "calls_per_minute": rate * 60, "ring_s": 0.2, "mean_talk_s": 1.0, "wrapup_s": 0,
-                    "no_answer_prob": 0, "mean_patience_s": 3600, "tick_s": 0.005, "vip_share": 0.3},
-        })
+                    "no_answer_prob": 0, "mean_patience_s": 3600, "tick_s": 0.002, "vip_share": 0.3},
+        }
+        config = Config.model_validate(settings)
         baseline = await _bare_mqtt(services.mqtt_port, count=int(rate * seconds / 2), rate=rate)
-        from cti.sim.runner import callers_from_directory
 
         async with AmiServer(config=config.sim, agents=config.agents, callers=callers_from_directory(config),
                              port=0, random_arrivals=False) as sim:
@@ -78,33 +101,47 @@ async def run_latency(*, rate: float, seconds: float) -> dict[str, Any]:
             assert broadcast is not None
 
             def stamp(events: list[Message]) -> None:
-                broadcast(events)  # written to the socket buffer here
+                broadcast(events)  # handed to the socket here
                 now = time.time()
                 for e in events:
                     if e.fields.get("Event") == "AgentCalled":
                         sent[e.fields["Linkedid"]] = now
 
             sim.sim.listener = stamp
-            config = config.model_copy(update={"ami": config.ami.model_copy(update={"port": sim.port})})
+            settings["ami"]["port"] = sim.port
+            config_path = Path(tmp) / "cti.yaml"
+            config_path.write_text(yaml.safe_dump(settings))
+            server = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cti.cli", "serve", "-c", str(config_path), "--log-format", "json",
+                "--log-level", "WARNING", cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
             latencies: list[float] = []
-            async with CtiServer(config) as server, \
-                    aiomqtt.Client("127.0.0.1", services.mqtt_port, identifier="bench-sub") as sub:
-                await sub.subscribe("cti/v1/agents/+/events", qos=1)
-                while not server.health()["ok"]:  # noqa: ASYNC110 - a one-off start-up wait
-                    await asyncio.sleep(0.05)
-                sim.sim.start_arrivals()  # once the server is in sync, so every offer is measured
+            try:
+                await _wait_healthy(http_port)
+                async with aiomqtt.Client("127.0.0.1", services.mqtt_port, identifier="bench-sub") as sub:
+                    await sub.subscribe("cti/v1/agents/+/events", qos=1)
+                    sim.sim.start_arrivals()
 
-                async def receive() -> None:
-                    async for msg in sub.messages:
-                        env = json.loads(msg.payload)  # type: ignore[arg-type]
-                        if env["type"] == "call.offered" and env["payload"]["linkedid"] in sent:
-                            latencies.append(time.time() - sent[env["payload"]["linkedid"]])
+                    async def receive() -> None:
+                        async for msg in sub.messages:
+                            env = json.loads(msg.payload)  # type: ignore[arg-type]
+                            linkedid = env["payload"].get("linkedid")
+                            if env["type"] == "call.offered" and linkedid in sent:
+                                latencies.append(time.time() - sent[linkedid])
 
-                async with asyncio.TaskGroup() as tg:
-                    task = tg.create_task(receive(), name="bench.receive")
-                    await asyncio.sleep(seconds)
-                    task.cancel()
-    result = _percentiles(latencies)
+                    async with asyncio.TaskGroup() as tg:
+                        task = tg.create_task(receive(), name="bench.receive")
+                        await asyncio.sleep(seconds)
+                        task.cancel()
+            finally:
+                server.send_signal(signal.SIGINT)
+                try:
+                    await asyncio.wait_for(server.wait(), 10)
+                except TimeoutError:
+                    server.kill()
+                    await server.wait()
+    result: dict[str, Any] = _percentiles(latencies)
     result["baseline"] = baseline
     result["offered"] = len(sent)
     return result

@@ -50,6 +50,7 @@ class CtiServer:
         self.pipeline: EventPipeline
         self.hub: WebSocketHub
         self.mqtt: MqttSink | None = None
+        self.notifier: AgentNotifier
 
     async def __aenter__(self) -> CtiServer:
         try:
@@ -80,8 +81,8 @@ class CtiServer:
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(config=cfg.mqtt)
             sinks.append(self.mqtt)
-        notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks)
-        self.pipeline = EventPipeline(model=self.model, notifier=notifier, directory=directory)
+        self.notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks)
+        self.pipeline = EventPipeline(model=self.model, notifier=self.notifier, directory=directory)
         self.ami = AmiClient(config=cfg.ami, on_event=self.pipeline.on_event, on_connect=self.pipeline.on_connect)
 
         app = build_web_app(WebState(model=self.model, agents=cfg.agents, health=self.health),
@@ -97,6 +98,7 @@ class CtiServer:
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
 
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._tasks.append(group.create_task(self.notifier.run(), name="cti.notifier"))
         self._tasks.append(group.create_task(self.ami.run(), name="cti.ami"))
         if self.mqtt is not None:
             self._tasks.append(group.create_task(self.mqtt.run(), name="cti.mqtt"))

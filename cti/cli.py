@@ -145,6 +145,7 @@ def directory_import(source: Path, config_path: Path | None) -> None:
     from cti.directory.importer import DirectoryImportError, load_customers
 
     config = _load(config_path)
+    configure_logging("console", "WARNING")
     try:
         customers = load_customers(source)
     except DirectoryImportError as exc:

@@ -32,7 +32,8 @@ class CustomerLookup(Protocol):
 
 
 class Notifier(Protocol):
-    async def notify(self, agent_id: str, type: str, payload: dict[str, Any]) -> Any: ...
+    def submit(self, agent_id: str, type: str, payload: dict[str, Any], *,
+               on_sent: Callable[[Any], None] | None = None) -> None: ...
 
 
 class ListActions(Protocol):
@@ -42,7 +43,8 @@ class ListActions(Protocol):
 
 
 class EventPipeline:
-    """Owns the call model; everything it awaits is bounded by the adapters' own timeouts."""
+    """Owns the call model. It awaits only the directory (once per call, bounded by Redis's
+    socket timeout); pushes are submitted to the notifier, which never blocks."""
 
     def __init__(
         self, *, model: CallModel, notifier: Notifier, directory: CustomerLookup | None,
@@ -57,12 +59,9 @@ class EventPipeline:
         self.listeners: list[Callable[[DomainEvent], None]] = []
 
     async def on_event(self, msg: Message) -> None:
-        received = time.perf_counter()
         AMI_EVENTS.inc()
         for event in self.model.apply(msg, self._clock()):
             await self._dispatch(event)
-            if event.type == ev.CALL_OFFERED:
-                POP_LATENCY.observe(time.perf_counter() - received)
 
     async def on_connect(self, client: ListActions) -> None:
         """Resynchronise from CoreShowChannels and QueueStatus after every (re)login."""
@@ -94,7 +93,14 @@ class EventPipeline:
             if linkedid not in self._customers:
                 self._customers[linkedid] = await self._customer(payload.get("caller"))
             payload["customer"] = self._customers[linkedid]
-        await self._notifier.notify(event.agent, event.type, payload)
+        on_sent = None
+        if event.type == ev.CALL_OFFERED:
+            received = time.perf_counter()
+
+            def on_sent(_envelope: Any, received: float = received) -> None:
+                POP_LATENCY.observe(time.perf_counter() - received)
+
+        self._notifier.submit(event.agent, event.type, payload, on_sent=on_sent)
         if event.type == ev.CALL_ENDED:
             self._customers.pop(event.linkedid or "", None)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
 from cti.devservices import ServiceError, mosquitto, redis_server
 
@@ -54,3 +55,10 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Commands under test configure logging for the process; put it back for the next test."""
+    yield
+    structlog.reset_defaults()

@@ -26,7 +26,7 @@ def test_replay_prints_one_json_line_per_call() -> None:
     result = CliRunner().invoke(main, ["replay", str(TRACES / "abandon" / "ami-raw.txt"),
                                        "-c", str(ROOT / "config" / "cti.yaml")])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 5
     assert {"linkedid", "caller", "queue", "agent", "outcome", "wait_s", "talk_s"} <= set(rows[0])
     assert sorted(r["outcome"] for r in rows) == ["abandoned"] + ["answered"] * 4
@@ -38,7 +38,7 @@ def test_replay_reads_stdin_and_survives_garbage() -> None:
     cut = capture.index(b"Event: QueueCallerJoin")
     result = CliRunner().invoke(main, ["replay", "-"], input=capture[:cut] + junk + capture[cut:])
     assert result.exit_code == 0, result.output
-    [row] = [json.loads(line) for line in result.output.splitlines() if '"linkedid": "1795391524.70"' in line]
+    [row] = [json.loads(line) for line in result.stdout.splitlines() if '"linkedid": "1795391524.70"' in line]
     assert row["outcome"] == "answered" and row["agent"] == "Bob"
 
 
@@ -65,4 +65,4 @@ def test_directory_import_loads_redis(tmp_path: Path, redis_url: str) -> None:
     result = CliRunner().invoke(main, ["directory", "import", str(ROOT / "config" / "customers.yaml"),
                                        "-c", str(config)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("imported 12 customers")
+    assert result.stdout.startswith("imported 12 customers")

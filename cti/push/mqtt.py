@@ -157,6 +157,8 @@ class MqttSink:
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
+            # One PUBLISH in flight at a time. Several at once (gather over a window of 4 or 32)
+            # was measured here to stall aiomqtt 2.5 / paho for up to seconds (benchmarks/pop_latency.py).
             envelope = self._unacked or await self._outbox.get()
             self._unacked = envelope  # kept until the PUBACK: a drop mid-publish sends it again
             await self._send(client, envelope)

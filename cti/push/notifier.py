@@ -1,9 +1,16 @@
-"""One publish path for every transport: build the envelope once, hand it to each sink."""
+"""One publish path for every transport: build the envelope once, hand it to each sink.
+
+The AMI consumer must never wait on Redis or a broker, so it only :meth:`~AgentNotifier.submit`\\ s;
+:meth:`~AgentNotifier.run` (a named task of the server) takes what has piled up, allocates the
+sequence numbers for the whole batch in one Redis round trip, and publishes in submission order.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -14,11 +21,22 @@ __all__ = ["AgentNotifier", "Sink"]
 
 log = structlog.get_logger(__name__)
 
+MAX_BATCH = 256
+RETRY_S = 0.5
+
 
 class Sink(Protocol):
     """A transport to agents' clients; ``publish`` must return promptly even when its peer is down."""
 
     async def publish(self, envelope: Envelope) -> None: ...
+
+
+@dataclass(slots=True)
+class _Job:
+    agent: str
+    type: str
+    payload: dict[str, Any]
+    on_sent: Callable[[Envelope], None] | None
 
 
 class AgentNotifier:
@@ -27,19 +45,53 @@ class AgentNotifier:
     def __init__(self, *, sequencer: Sequencer, sinks: Sequence[Sink]) -> None:
         self._sequencer = sequencer
         self._sinks = tuple(sinks)
+        self._jobs: deque[_Job] = deque()
+        self._wakeup = asyncio.Event()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, agent_id: str, type: str, payload: dict[str, Any], *,
+               on_sent: Callable[[Envelope], None] | None = None) -> None:
+        """Queue an event for ``run()``; never blocks. ``on_sent`` sees the envelope once sinks have it."""
+        self._jobs.append(_Job(agent_id, type, payload, on_sent))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        jobs, wakeup = self._jobs, self._wakeup
+        while True:
+            if not jobs:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            batch = [jobs[i] for i in range(min(len(jobs), MAX_BATCH))]
+            try:
+                seqs = await self._sequencer.next_many([job.agent for job in batch])
+            except Exception as exc:  # Redis away: keep the events, in order, and try again
+                log.error("push.sequence_failed", error=repr(exc), backlog=len(jobs), retry_in_s=RETRY_S)
+                await asyncio.sleep(RETRY_S)
+                continue
+            for _ in batch:
+                jobs.popleft()
+            for job, seq in zip(batch, seqs, strict=True):
+                envelope = Envelope(type=job.type, agent=job.agent, seq=seq, payload=job.payload)
+                await self._publish(envelope)
+                if job.on_sent is not None:
+                    job.on_sent(envelope)
 
     async def notify(self, agent_id: str, type: str, payload: dict[str, Any]) -> Envelope:
+        """Publish one event now and return its envelope (tools and tests; the server uses submit)."""
         envelope = Envelope(type=type, agent=agent_id, seq=await self._sequencer.next(agent_id), payload=payload)
+        await self._publish(envelope)
+        return envelope
+
+    async def _publish(self, envelope: Envelope) -> None:
         results = await asyncio.gather(*(sink.publish(envelope) for sink in self._sinks), return_exceptions=True)
         for sink, result in zip(self._sinks, results, strict=True):
             if isinstance(result, asyncio.CancelledError):
                 raise result
             if isinstance(result, BaseException):
                 # One broken transport must not cost the agent the pop on the others.
-                log.error("push.sink_failed", sink=_name(sink), agent=agent_id, seq=envelope.seq,
-                          event_type=type, error=repr(result))
-        return envelope
-
-
-def _name(obj: object) -> str:
-    return obj.__class__.__name__
+                log.error("push.sink_failed", sink=type(sink).__name__, agent=envelope.agent, seq=envelope.seq,
+                          event_type=envelope.type, error=repr(result))
