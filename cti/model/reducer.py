@@ -388,13 +388,22 @@ class CallModel:
                  position=position)
         self._emit_call(out, ev.CALL_QUEUED, call, ts, count=_int(f.get("Count")))
 
-    def _on_agent_called(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+    def _member_event(
+        self, msg: Message, ts: float | None, out: list[DomainEvent]
+    ) -> tuple[Call, str, str, AgentConfig | None] | None:
+        """The call, member interface, member name and configured agent an AgentXxx event names."""
         call = self._call_for(msg, ts, out)
         if call is None:
+            return None
+        interface, name = msg.fields["Interface"], msg.fields.get("MemberName", "")
+        return call, interface, name, self.agent_for(interface, name)
+
+    def _on_agent_called(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        found = self._member_event(msg, ts, out)
+        if found is None:
             return
+        call, interface, name, agent = found
         f = msg.fields
-        interface, name = f["Interface"], f.get("MemberName", "")
-        agent = self.agent_for(interface, name)
         call.offers[interface.lower()] = Offer(interface, name, agent.id if agent else None, f.get("Queue", ""), ts)
         if call.offered_at is None:
             call.offered_at = ts
@@ -418,12 +427,11 @@ class CallModel:
             self._emit_call(out, ev.CALL_OFFER_WITHDRAWN, call, ts, offer.agent_id, reason="ring_no_answer")
 
     def _on_connect(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        call = self._call_for(msg, ts, out)
-        if call is None:
+        found = self._member_event(msg, ts, out)
+        if found is None:
             return
+        call, interface, name, agent = found
         f = msg.fields
-        interface, name = f["Interface"], f.get("MemberName", "")
-        agent = self.agent_for(interface, name)
         call.answered_at = ts
         call.agent, call.agent_interface = name or interface, interface
         call.agent_id = agent.id if agent else None

@@ -248,12 +248,9 @@ class Pbx:
         self._chan_event("Hangup", chan, now, **{"Cause": str(cause), "Cause-txt": hangup_cause_text(cause)})
         self.channels.pop(chan.name, None)
 
-    def _member_fields(self, m: Member) -> dict[str, str]:
-        """queue_member_blob_create() in app_queue.c: QueueMemberStatus / QueueMemberPause body."""
+    def _member_state(self, m: Member) -> dict[str, str]:
+        """The member's state as app_queue reports it in QueueMemberStatus and QueueStatus alike."""
         return {
-            "Queue": self.queue,
-            "MemberName": m.agent.name,
-            "Interface": m.interface,
             "StateInterface": m.interface,
             "Membership": "static",
             "Penalty": "0",
@@ -265,6 +262,15 @@ class Pbx:
             "Status": str(m.status),
             "Paused": "1" if m.paused else "0",
             "PausedReason": m.paused_reason,
+        }
+
+    def _member_fields(self, m: Member) -> dict[str, str]:
+        """queue_member_blob_create() in app_queue.c: QueueMemberStatus / QueueMemberPause body."""
+        return {
+            "Queue": self.queue,
+            "MemberName": m.agent.name,
+            "Interface": m.interface,
+            **self._member_state(m),
             "Ringinuse": "0",
             "Wrapuptime": str(int(self.config.wrapup_s)),
         }
@@ -694,17 +700,7 @@ class Pbx:
                         "Queue": self.queue,
                         "Name": m.agent.name,
                         "Location": m.interface,
-                        "StateInterface": m.interface,
-                        "Membership": "static",
-                        "Penalty": "0",
-                        "CallsTaken": str(m.calls_taken),
-                        "LastCall": str(m.last_call),
-                        "LastPause": str(m.last_pause),
-                        "LoginTime": str(m.login_time),
-                        "InCall": "1" if m.in_call else "0",
-                        "Status": str(m.status),
-                        "Paused": "1" if m.paused else "0",
-                        "PausedReason": m.paused_reason,
+                        **self._member_state(m),
                         "Wrapuptime": str(int(self.config.wrapup_s)),
                         **aid,
                     }
