@@ -202,13 +202,16 @@ def main() -> None:
     for name, rate in rates.items():
         print(f"{name:<12}{rate:>12,.0f}{rate / rates['panoramisk']:>15.2f}x{rate / rates['minimal']:>11.2f}x")
     if not args.skip_latency:
-        from benchmarks.pop_latency import run_latency
+        from benchmarks.pop_latency import AGENTS, run_latency
 
         lat = asyncio.run(run_latency(rate=args.rate, seconds=args.seconds))
-        print(f"\nAgentCalled -> MQTT received at {args.rate:.0f} calls/s over {args.seconds:.0f}s: "
-              f"{lat['count']} pops, p50 {lat['p50'] * 1000:.2f} ms, p99 {lat['p99'] * 1000:.2f} ms, "
-              f"max {lat['max'] * 1000:.2f} ms")
-
+        base = lat["baseline"]
+        print(f"\nAgentCalled -> call.offered received over MQTT, {args.rate:.0f} calls/s for {args.seconds:.0f}s, "
+              f"{AGENTS} agents ({lat['count']} of {lat['offered']} offers measured):")
+        print(f"{'':<22}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+        for name, row in (("cti pipeline", lat), ("bare MQTT QoS 1", base)):
+            print(f"{name:<22}{row['p50'] * 1000:>10.2f}{row['p99'] * 1000:>10.2f}{row['max'] * 1000:>10.2f}")
+        print(f"{'ratio':<22}{lat['p50'] / base['p50']:>9.1f}x{lat['p99'] / base['p99']:>9.1f}x")
 
 if __name__ == "__main__":
     main()
