@@ -86,3 +86,16 @@ async def test_replace_all_swaps_whole_directories(redis_client: aioredis.Redis)
     assert not [k async for k in redis_client.scan_iter("t:directory:staging:*")]
     await directory.replace_all([])
     assert await directory.count() == 0
+
+
+def test_single_line_fields_refuse_control_characters() -> None:
+    import pydantic
+
+    from cti.directory.models import Customer
+
+    for field in ("name", "company", "role"):
+        with pytest.raises(pydantic.ValidationError, match="control characters"):
+            Customer.model_validate({"id": "c9", "numbers": ["13800000009"], "name": "Ok",
+                                     field: "Evil\r\nAction: Originate"})
+    ok = Customer.model_validate({"id": "c9", "numbers": ["13800000009"], "name": "Ok", "notes": "line 1\nline 2"})
+    assert ok.notes == "line 1\nline 2"

@@ -28,6 +28,14 @@ class Customer(BaseModel):
     account_manager: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="an agent id")
     notes: str = ""
 
+    @field_validator("name", "company", "role")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        """A name goes into caller-ID-like places (the simulator's AMI events, log lines): no control characters."""
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must be one line without control characters (CR, LF, TAB, NUL ...)")
+        return value
+
     @field_validator("numbers", mode="before")
     @classmethod
     def _as_list(cls, value: object) -> object:
