@@ -58,6 +58,10 @@ class EventPipeline:
         self.synced = False
         self.listeners: list[Callable[[DomainEvent], None]] = []
 
+    def customer_of(self, linkedid: str) -> dict[str, Any] | None:
+        """The directory record found for a live call's caller (looked up when it queued)."""
+        return self._customers.get(linkedid)
+
     async def on_event(self, msg: Message) -> None:
         AMI_EVENTS.inc()
         for event in self.model.apply(msg, self._clock()):

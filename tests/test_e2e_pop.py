@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+
 from tests.e2e import Inbox, make_config, mqtt_listener, running, ws_listener
 
 
@@ -43,6 +45,11 @@ async def test_screen_pop_over_mqtt_and_websocket(redis_url: str, mqtt_port: int
                         and e["payload"].get("linkedid") == linkedid}
 
             assert pops(mqtt_inbox) == pops(ws_inbox), "one envelope, the same on every transport"
+
+            async with aiohttp.ClientSession() as session:
+                calls = await (await session.get(f"http://127.0.0.1:{server.http_port}/api/calls")).json()
+            [live] = [c for c in calls["calls"] if c["linkedid"] == linkedid]
+            assert live["customer"]["vip_tier"] == 3, "a console opened mid-call shows the record too"
 
             agent_leg = next(c for c in sim.sim.pbx.channels.values()
                              if c.linkedid == linkedid and c.uniqueid != linkedid)

@@ -24,6 +24,7 @@ class WebState:
     model: CallModel
     agents: Sequence[AgentConfig]
     health: Callable[[], dict[str, Any]]
+    customer_of: Callable[[str], dict[str, Any] | None] = lambda _linkedid: None
 
 
 STATE = web.AppKey("state", WebState)
@@ -50,7 +51,11 @@ async def agent_page(request: web.Request) -> web.FileResponse:
 
 
 async def api_calls(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].model.snapshot())
+    state = request.app[STATE]
+    snapshot = state.model.snapshot()
+    for call in snapshot["calls"]:
+        call["customer"] = state.customer_of(call["linkedid"])
+    return web.json_response(snapshot)
 
 
 async def api_agents(request: web.Request) -> web.Response:

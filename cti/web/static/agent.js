@@ -35,6 +35,15 @@ function logLine(env) {
   while ($("#log").children.length > 50) $("#log").lastChild.remove();
 }
 
+// Opened mid-call (a reload, a second screen): show the call this agent is on from the live model.
+async function currentCall() {
+  try {
+    const state = await fetch("/api/calls").then(r => r.json());
+    const call = state.calls.find(c => c.agent_id === agent);
+    if (call && lastSeq === 0) showPop({type: "call.answered", payload: call});
+  } catch (e) { /* the WebSocket brings the next event anyway */ }
+}
+
 function connect() {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/agents/" + encodeURIComponent(agent));
   ws.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "badge on"; };
@@ -53,3 +62,4 @@ function connect() {
   };
 }
 connect();
+currentCall();
