@@ -16,10 +16,11 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from cti.ami.client import AmiClient
 from cti.config import Config
-from cti.directory.importer import load_customers
+from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
 from cti.metrics import AMI_CONNECTED, LIVE_CALLS
 from cti.model.reducer import CallModel
@@ -31,9 +32,13 @@ from cti.push.ws import WebSocketHub
 from cti.web import build_web_app
 from cti.web.routes import WebState
 
-__all__ = ["CtiServer", "run_demo", "run_server"]
+__all__ = ["CtiServer", "StartupError", "run_demo", "run_server"]
 
 log = structlog.get_logger(__name__)
+
+
+class StartupError(Exception):
+    """Something the server needs before it can take calls is missing; the message says what."""
 
 
 class CtiServer:
@@ -69,10 +74,16 @@ class CtiServer:
         cfg = self.config
         redis = aioredis.from_url(cfg.redis.url, socket_timeout=5, socket_connect_timeout=5)
         self._stack.push_async_callback(redis.aclose)
-        await redis.ping()
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StartupError(f"Redis at {cfg.redis.url} is not reachable: {exc}") from exc
         directory = RedisDirectory(redis, key_prefix=cfg.redis.key_prefix)
         if cfg.directory.source is not None:
-            customers = load_customers(cfg.directory.source)
+            try:
+                customers = load_customers(cfg.directory.source)
+            except DirectoryImportError as exc:
+                raise StartupError(f"customer directory not loaded: {exc}") from exc
             await directory.replace_all(customers)
             log.info("directory.imported", source=str(cfg.directory.source), customers=len(customers))
 
@@ -93,7 +104,10 @@ class CtiServer:
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on http {cfg.http.host}:{cfg.http.port}: {exc.strerror or exc}") from exc
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port

@@ -60,12 +60,15 @@ def serve(config_path: Path | None, log_format: str | None, log_level: str) -> N
     reconnect), Redis and the MQTT broker, and serves the agent pages, the
     WebSocket push endpoint, /api/calls, /healthz and /metrics on http.host:port.
     """
-    from cti.app import run_server
+    from cti.app import StartupError, run_server
 
     config = _load(config_path)
     configure_logging(log_format or config.log_format, log_level)  # type: ignore[arg-type]
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_server(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_server(config))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -81,7 +84,8 @@ def demo(config_path: Path | None, http_port: int | None, calls_per_minute: floa
     Open the printed URL: each agent has a page where screen pops arrive as the
     simulated callers are queued and offered. Stop with Ctrl-C.
     """
-    from cti.app import run_demo
+    from cti.app import StartupError, run_demo
+    from cti.devservices import ServiceError
 
     config = _load(config_path)
     configure_logging(log_format or config.log_format)  # type: ignore[arg-type]
@@ -93,8 +97,11 @@ def demo(config_path: Path | None, http_port: int | None, calls_per_minute: floa
     updates: dict[str, object] = {"sim": config.sim.model_copy(update=sim_update)}
     if http_port is not None:
         updates["http"] = config.http.model_copy(update={"port": http_port})
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(config.model_copy(update=updates)))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_demo(config.model_copy(update=updates)))
+    except (StartupError, ServiceError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:

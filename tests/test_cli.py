@@ -66,3 +66,13 @@ def test_directory_import_loads_redis(tmp_path: Path, redis_url: str) -> None:
                                        "-c", str(config)])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("imported 12 customers")
+
+
+def test_serve_without_redis_says_so_and_exits(tmp_path: Path) -> None:
+    from cti.devservices import free_port
+
+    config = tmp_path / "cti.yaml"
+    config.write_text(f"redis:\n  url: redis://127.0.0.1:{free_port()}/0\nhttp:\n  port: 0\nmqtt:\n  enabled: false\n")
+    result = CliRunner().invoke(main, ["serve", "-c", str(config)])
+    assert result.exit_code == 1
+    assert "Redis at redis://127.0.0.1:" in result.output and "not reachable" in result.output

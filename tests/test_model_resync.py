@@ -72,3 +72,12 @@ def test_unknown_channels_become_calls_and_queue_entries_set_position() -> None:
     assert model.queues["support"].waiting == {"9.1": 1}
     [state] = [e for e in out if e.type == ev.AGENT_STATE]
     assert state.agent == "alice" and state.data["status"] == "not_in_use" and state.data["calls_taken"] == 3
+
+
+def test_freepbx_local_members_match_agents_by_extension() -> None:
+    from cti.config import AgentConfig
+
+    model = CallModel(agents=[AgentConfig(id="amy", name="Amy Pond", interface="PJSIP/1001", extension="1001")])
+    agent = model.agent_for("Local/1001@from-queue/n", "1001")
+    assert agent is not None and agent.id == "amy"
+    assert model.agent_for("Local/1002@from-queue/n", "1002") is None

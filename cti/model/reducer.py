@@ -63,6 +63,7 @@ class CallModel:
         self._agents = list(agents)
         self._by_interface = {a.interface.lower(): a for a in agents}
         self._by_name = {a.name.lower(): a for a in agents} | {a.id.lower(): a for a in agents}
+        self._by_extension = {a.extension: a for a in agents if a.extension}
         self.unknown_events = 0
         self.malformed = 0
 
@@ -176,6 +177,9 @@ class CallModel:
                 agent = self._by_interface.get(member.state_interface.lower())
         if agent is None and key.endswith("/n"):
             agent = self._by_interface.get(key[:-2])
+        if agent is None and key.startswith("local/") and "@" in key:
+            # FreePBX-style members: Local/1001@from-queue/n rings extension 1001.
+            agent = self._by_extension.get(key[6 : key.index("@")])
         if agent is None and member_name:
             agent = self._by_name.get(member_name.lower())
         return agent
