@@ -7,6 +7,7 @@ the Debian package to install: a skipped integration test looks like a pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 import structlog
 
+import cti.cli
 from cti.devservices import ServiceError, mosquitto, redis_server
+from cti.logs import configure_logging
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +61,9 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """Commands under test configure logging for the process; put it back for the next test."""
+def _structlog_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Commands under test configure logging for the process: never with cached loggers (they
+    would keep that configuration for the rest of the session), and put back after each test."""
+    monkeypatch.setattr(cti.cli, "configure_logging", functools.partial(configure_logging, cache=False))
     yield
     structlog.reset_defaults()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Final
+from typing import Any, Final
 
 import aiomqtt
 import structlog
@@ -89,7 +89,7 @@ class MqttSink:
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
-        return aiomqtt.Client(
+        return _LoopClient(
             hostname=cfg.host,
             port=cfg.port,
             username=cfg.username,
@@ -157,8 +157,9 @@ class MqttSink:
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
-            # One PUBLISH in flight at a time. Several at once (gather over a window of 4 or 32)
-            # was measured here to stall aiomqtt 2.5 / paho for up to seconds (benchmarks/pop_latency.py).
+            # One PUBLISH in flight at a time. Several at once (gather over a window of 4, 8 or 32)
+            # stalls aiomqtt 2.5 / paho for seconds, even with _LoopClient's writer fix
+            # (measured with benchmarks/pop_latency.py); the cause is not found yet.
             envelope = self._unacked or await self._outbox.get()
             self._unacked = envelope  # kept until the PUBACK: a drop mid-publish sends it again
             await self._send(client, envelope)
@@ -172,6 +173,33 @@ class MqttSink:
             await client.publish(topic, envelope.to_json().encode(), qos=1, retain=False)
         except ValueError as exc:  # paho refuses the message itself (e.g. too large): retrying cannot help
             log.error("mqtt.publish_refused", agent=envelope.agent, seq=envelope.seq, error=str(exc))
+
+
+class _LoopClient(aiomqtt.Client):
+    """aiomqtt 2.5 adds paho's socket writer with ``call_soon_threadsafe`` but removes it at once.
+
+    When paho asks for the writer and drops it again before the deferred ``add_writer`` runs, the
+    writer stays registered with nothing to write and fires on every loop iteration. On the loop's
+    own thread (every call after connect) add it at once, so the two always happen in order.
+    """
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if not on_loop:
+            super()._on_socket_register_write(client, userdata, sock)
+            return
+
+        def callback() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        self._loop.add_writer(sock.fileno(), callback)
 
 
 def _reraise_swallowed_cancel() -> None:
