@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 from pathlib import Path
-from types import TracebackType
 
 import structlog
 
 from cti.ami.codec import Decoder, Message, ProtocolError
+from cti.sim.listener import TcpListener
 
 __all__ = ["ReplayServer", "split_capture"]
 
@@ -44,7 +43,7 @@ def split_capture(raw: bytes) -> tuple[bytes, list[bytes]]:
     return greeting, messages
 
 
-class ReplayServer:
+class ReplayServer(TcpListener):
     """``async with ReplayServer(path=...) as srv:`` then connect to ``srv.port``; one replay per connection."""
 
     def __init__(
@@ -57,65 +56,15 @@ class ReplayServer:
         interval: float = 0.0,
         close_after: bool = False,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.greeting, self.messages = split_capture(Path(path).read_bytes())
-        self.host = host
-        self._port = port
         self.chunk_size = max(1, chunk_size)
         self.interval = interval
         self.close_after = close_after
-        self._server: asyncio.Server | None = None
-        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.finished = asyncio.Event()  # set when a connection has streamed the whole capture
 
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            return self._port
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self._port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        handlers = list(self._handlers)
-        for writer in self._handlers.values():
-            writer.transport.abort()
-        if handlers:
-            _, pending = await asyncio.wait(handlers, timeout=2.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> ReplayServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers[task] = writer
-        session = _ReplaySession(self, reader, writer)
-        try:
-            await session.run()
-        except (ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception("replay.connection_failed")
-        finally:
-            self._handlers.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _ReplaySession(self, reader, writer).run()
 
 
 class _ReplaySession:

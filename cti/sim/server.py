@@ -9,15 +9,14 @@ awaited by :meth:`AmiServer.close`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 import structlog
 
 from cti.ami.codec import Decoder, Message, ProtocolError
 from cti.config import AgentConfig, SimConfig
+from cti.sim.listener import TcpListener
 from cti.sim.pbx import Caller, Simulator
 
 __all__ = ["GREETING", "AmiServer"]
@@ -82,7 +81,7 @@ class _Connection:
         self.writer.write(data)
 
 
-class AmiServer:
+class AmiServer(TcpListener):
     """The simulator's AMI endpoint; ``async with AmiServer(...) as srv:`` then connect to ``srv.port``.
 
     ``srv.sim`` is the :class:`Simulator` with the scripted API (place_call,
@@ -102,8 +101,8 @@ class AmiServer:
         clock: Callable[[], float] = time.time,
         random_arrivals: bool = True,
     ) -> None:
-        self.host = host if host is not None else config.host
-        self._port = port if port is not None else config.port
+        super().__init__(host=host if host is not None else config.host,
+                         port=port if port is not None else config.port)
         self.username = username
         self.secret = secret
         self.clock = clock
@@ -116,58 +115,26 @@ class AmiServer:
             clock=clock,
             random_arrivals=random_arrivals,
         )
-        self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[None], _Connection] = {}
         self._tick_task: asyncio.Task[None] | None = None
 
-    @property
-    def port(self) -> int:
-        """The bound port (useful with ``port=0``)."""
-        if self._server is None:
-            return self._port
-        return int(self._server.sockets[0].getsockname()[1])
-
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self._port)
+        await super().start()
         self._tick_task = asyncio.create_task(self.sim.run(), name="sim-clock")
         log.info("sim.ami_listening", host=self.host, port=self.port)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Aborting a socket ends its handler (read sees EOF); cancelling it instead makes
-        # asyncio's stream callback log the CancelledError, so that is only the fallback.
-        handlers = list(self._conns)
-        for conn in self._conns.values():
-            conn.writer.transport.abort()
-        if handlers:
-            _, pending = await asyncio.wait(handlers, timeout=2.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await super().close()
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-        self._server = self._tick_task = None
-
-    async def __aenter__(self) -> AmiServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+            self._tick_task = None
 
     def drop_connections(self) -> int:
         """Abruptly close every client socket (an AMI outage); the simulation keeps running."""
-        conns = list(self._conns.values())
-        for conn in conns:
-            conn.writer.transport.abort()
-        log.info("sim.connections_dropped", count=len(conns))
-        return len(conns)
+        count = self.abort_connections()
+        log.info("sim.connections_dropped", count=count)
+        return count
 
     @property
     def connection_count(self) -> int:
@@ -179,25 +146,21 @@ class AmiServer:
             if data:
                 conn.send(data)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         conn = _Connection(writer)
         self._conns[task] = conn
-        peer = writer.get_extra_info("peername")
         decoder = Decoder(expect_greeting=False, max_message_size=64 * 1024)
         try:
             writer.write(GREETING)
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
+            while data := await reader.read(65536):
                 try:
                     messages = decoder.feed(data)
                 except ProtocolError as exc:
-                    log.warning("sim.bad_client_input", peer=peer, error=str(exc))
+                    log.warning("sim.bad_client_input", peer=writer.get_extra_info("peername"), error=str(exc))
                     writer.write(_response("Error", None, Message="Message too large"))
-                    break
+                    return
                 keep = True
                 for msg in messages:
                     keep = self._dispatch(conn, msg)
@@ -205,16 +168,9 @@ class AmiServer:
                         break
                 await writer.drain()
                 if not keep:
-                    break
-        except (ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception("sim.connection_failed", peer=peer)
+                    return
         finally:
             self._conns.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     # ---- actions ---------------------------------------------------------------------------
 
