@@ -118,6 +118,8 @@ class CtiServer:
         if self.mqtt is not None:
             self._tasks.append(group.create_task(self.mqtt.run(), name="cti.mqtt"))
         self._tasks.append(group.create_task(self._gauges(), name="cti.gauges"))
+        if cfg.ami.resync_interval > 0:
+            self._tasks.append(group.create_task(self._periodic_resync(cfg.ami.resync_interval), name="cti.resync"))
         log.info("server.started", http=f"http://{cfg.http.host}:{self.http_port}/",
                  ami=f"{cfg.ami.host}:{cfg.ami.port}", agents=len(cfg.agents))
 
@@ -126,6 +128,11 @@ class CtiServer:
             AMI_CONNECTED.set(1 if self.ami.connected else 0)
             LIVE_CALLS.set(len(self.model.calls))
             await asyncio.sleep(1)
+
+    async def _periodic_resync(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.ami.request_resync()
 
     def health(self) -> dict[str, Any]:
         connected = bool(self.ami.connected)

@@ -53,6 +53,7 @@ class AmiConfig(_Model):
     connect_timeout: float = Field(5.0, gt=0)
     backoff_initial: float = Field(0.5, gt=0, description="first reconnect delay, doubled per failure")
     backoff_max: float = Field(30.0, gt=0, description="reconnect delay cap")
+    resync_interval: float = Field(300.0, ge=0, description="seconds between resyncs on a live link; 0 = only on login")
 
 
 class RedisConfig(_Model):

@@ -56,6 +56,7 @@ class EventPipeline:
         self._clock = clock
         self._customers: dict[str, dict[str, Any] | None] = {}
         self.synced = False
+        self._synced_login: int | None = None
         self.listeners: list[Callable[[DomainEvent], None]] = []
 
     def customer_of(self, linkedid: str) -> dict[str, Any] | None:
@@ -68,13 +69,17 @@ class EventPipeline:
             await self._dispatch(event)
 
     async def on_connect(self, client: ListActions) -> None:
-        """Resynchronise from CoreShowChannels and QueueStatus after every (re)login."""
-        self.synced = False
+        """Resynchronise from CoreShowChannels and QueueStatus after every (re)login,
+        and periodically on the same connection (``AmiClient.request_resync``)."""
+        login = getattr(getattr(client, "stats", None), "connects", None)
+        live_link = login is not None and login == self._synced_login
+        self.synced = self.synced and live_link
         _, channels = await client.action_list("CoreShowChannels")
         _, queues = await client.action_list("QueueStatus")
-        events = self.model.resync(channels, queues, self._clock())
+        events = self.model.resync(channels, queues, self._clock(), live_link=live_link)
+        self._synced_login = login
         RESYNCS.inc()
-        log.info("ami.resynced", channels=len(channels), queue_items=len(queues),
+        log.info("ami.resynced", live_link=live_link, channels=len(channels), queue_items=len(queues),
                  calls=len(self.model.calls), ended_while_away=sum(e.type == ev.CALL_ENDED for e in events))
         for event in events:
             await self._dispatch(event)

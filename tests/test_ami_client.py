@@ -504,6 +504,22 @@ async def test_on_connect_resync_works_while_events_stream() -> None:
     assert [m["Channel"] for m in items] == ["PJSIP/1001-1", "PJSIP/1002-2"]
 
 
+async def test_request_resync_reruns_on_connect_in_order_on_the_same_connection() -> None:
+    rec = Recorder()
+    async with FakeAmi() as fake:
+        client = make(fake, rec)
+        assert not client.request_resync(), "nothing to resync before a login"
+        async with running(client):
+            await until(lambda: rec.connects == 1, "first on_connect")
+            await fake.send(event("Newchannel", Uniqueid="1.1"))
+            await until(lambda: len(rec.events) == 1, "the event before the resync")
+            assert client.request_resync()
+            await fake.send(event("Hangup", Uniqueid="1.1"))
+            await until(lambda: rec.connects == 2 and len(rec.events) == 2, "resync, then the next event")
+            assert rec.log[-3:] == ["Newchannel", "<connected>", "Hangup"]
+            assert fake.logins == 1, "same connection, no new login"
+
+
 async def test_failed_on_connect_forces_a_reconnect() -> None:
     calls = 0
 

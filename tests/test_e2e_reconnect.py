@@ -30,7 +30,7 @@ async def test_call_that_ends_during_the_outage_ends_answered(redis_url: str, mq
             call = server.model.ended[linkedid]
             assert call.outcome == "answered" and call.seen_gap and call.agent in ("Alice", "Bob")
             ended = await inbox.wait_for(lambda e: e["type"] == "call.ended" and e["payload"]["linkedid"] == linkedid)
-            assert ended["payload"]["outcome"] == "answered" and ended["payload"]["reason"] == "gone_after_reconnect"
+            assert ended["payload"]["outcome"] == "answered" and ended["payload"]["reason"] == "gone_at_resync"
             assert server.model.queues["support"].answered == 1
             listener.cancel()
 
@@ -69,3 +69,20 @@ async def test_call_answered_during_the_outage_is_known_answered_after_resync(
             assert server.model.queues["support"].answered == 1
             await inbox.wait_for(lambda e: e["type"] == "call.ended")
             listener.cancel()
+
+
+async def test_frequent_live_resyncs_do_not_disturb_calls(redis_url: str, mqtt_port: int) -> None:
+    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port, ring_s=0.05)
+    config = config.model_copy(update={"ami": config.ami.model_copy(update={"resync_interval": 0.03})})
+    async with running(config) as (sim, server):
+        resyncs = RESYNCS._value.get()
+        placed = [sim.sim.place_call(f"1380000{i:04d}", "Caller") for i in range(6)]
+        await eventually(lambda: all(server.model.calls.get(c) and server.model.calls[c].agent for c in placed[:2]))
+        for linkedid in placed:
+            if linkedid in sim.sim.pbx.calls:
+                sim.sim.hangup(sim.sim.pbx.calls[linkedid].caller.name)
+        await eventually(lambda: all(c in server.model.ended for c in placed))
+        assert RESYNCS._value.get() > resyncs + 3, "the periodic check ran meanwhile"
+        outcomes = sorted(server.model.ended[c].outcome or "" for c in placed)
+        assert outcomes == ["abandoned"] * 4 + ["answered"] * 2
+        assert not any(server.model.ended[c].seen_gap for c in placed), "no call was ended by a resync"

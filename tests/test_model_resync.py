@@ -29,7 +29,7 @@ def test_call_answered_before_outage_and_gone_after_ends_answered() -> None:
     [ended] = [e for e in out if e.type == ev.CALL_ENDED]
     assert ended.agent == "bob"
     assert ended.data["outcome"] == "answered" and ended.data["gap"] is True
-    assert ended.data["reason"] == "gone_after_reconnect"
+    assert ended.data["reason"] == "gone_at_resync"
     assert ended.data["talk_s"] > 0
     assert not model.calls
 
@@ -81,3 +81,25 @@ def test_freepbx_local_members_match_agents_by_extension() -> None:
     agent = model.agent_for("Local/1001@from-queue/n", "1001")
     assert agent is not None and agent.id == "amy"
     assert model.agent_for("Local/1002@from-queue/n", "1002") is None
+
+
+def test_live_link_check_ends_a_call_only_when_two_checks_miss_it() -> None:
+    model, rest = _until("basic", "AgentConnect")
+    [linkedid] = model.calls
+    assert model.resync([], [], now=1795391530.0, live_link=True) == [], "maybe its Hangup is still queued"
+    assert linkedid in model.calls
+    [ended] = [e for e in model.resync([], [], now=1795391830.0, live_link=True) if e.type == ev.CALL_ENDED]
+    assert ended.linkedid == linkedid and ended.data["outcome"] == "answered"
+    for msg in rest:  # the late events of a call already ended change nothing
+        model.apply(msg)
+    assert not model.calls and model.ended[linkedid].outcome == "answered"
+
+
+def test_live_link_check_forgets_a_suspect_that_shows_up_again() -> None:
+    model, _ = _until("basic", "AgentConnect")
+    [call] = model.calls.values()
+    channels = [Message({"Event": "CoreShowChannel", "Uniqueid": uid, "Linkedid": call.linkedid}) for uid in call.legs]
+    model.resync([], [], now=1.0, live_link=True)
+    model.resync(channels, [], now=2.0, live_link=True)
+    assert model.resync([], [], now=3.0, live_link=True) == [], "one miss after a sighting is not two in a row"
+    assert call.linkedid in model.calls

@@ -170,6 +170,18 @@ class AmiClient:
         """True between a successful Login and the next disconnect."""
         return self._up.is_set()
 
+    def request_resync(self) -> bool:
+        """Run ``on_connect`` again on the live connection, in order with the events.
+
+        A periodic check that the model has not drifted (a Hangup lost to a manager
+        ``eventfilter``, an event the model misread). False when not connected: the next
+        login resyncs anyway.
+        """
+        if not self.connected:
+            return False
+        self._enqueue(_Connected(self._generation))
+        return True
+
     async def wait_connected(self) -> None:
         """Return once logged in (at once if already); wrap in a timeout."""
         await self._up.wait()

@@ -60,6 +60,7 @@ class CallModel:
         self.members: dict[str, Member] = {}
         self.queues: dict[str, Queue] = {}
         self._leg_call: dict[str, str] = {}  # Uniqueid -> Linkedid
+        self._suspects: set[str] = set()  # calls a live-link resync found without channels
         self._agents = list(agents)
         self._by_interface = {a.interface.lower(): a for a in agents}
         self._by_name = {a.name.lower(): a for a in agents} | {a.id.lower(): a for a in agents}
@@ -88,12 +89,18 @@ class CallModel:
             log.warning("ami.event.malformed", ami_event=name, error=repr(exc))
         return out
 
-    def resync(self, channels: Iterable[Message], queue_status: Iterable[Message], now: float) -> list[DomainEvent]:
+    def resync(
+        self, channels: Iterable[Message], queue_status: Iterable[Message], now: float, *, live_link: bool = False
+    ) -> list[DomainEvent]:
         """Make the model agree with a fresh ``CoreShowChannels`` + ``QueueStatus``.
 
-        Run after every (re)connect, before events that follow it: calls whose
-        channels are all gone ended while we could not see; channels we never
-        saw become calls; queue members and waiting callers are read again.
+        After a (re)login, before the events that follow it: calls whose channels
+        are all gone ended while we could not see; channels we never saw become
+        calls; queue members and waiting callers are read again.
+
+        ``live_link``: a periodic check on a connection that never dropped. Events
+        queued behind the snapshot are not applied yet, so it only ends a call that
+        two checks in a row found gone (a Hangup lost for good) and refreshes members.
         """
         out: list[DomainEvent] = []
         live: dict[str, Message] = {}
@@ -101,13 +108,26 @@ class CallModel:
             uid = msg.fields.get("Uniqueid")
             if uid:
                 live[uid] = msg
+        if live_link:
+            gone = {c.linkedid for c in self.calls.values() if not any(u in live for u in c.legs)}
+            for linkedid in gone & self._suspects:
+                call = self.calls[linkedid]
+                call.legs.clear()
+                call.seen_gap = True
+                self._end(call, now, out, reason="gone_at_resync")
+            self._suspects = gone - self._suspects
+            for msg in queue_status:
+                if msg.fields.get("Event") == "QueueMember":
+                    self._member_status(msg, now, out)
+            return out
+        self._suspects = set()
         for call in list(self.calls.values()):
             for uid in [u for u in call.legs if u not in live]:
                 del call.legs[uid]
                 self._leg_call.pop(uid, None)
             if not call.legs:
                 call.seen_gap = True
-                self._end(call, now, out, reason="gone_after_reconnect")
+                self._end(call, now, out, reason="gone_at_resync")
         for uid, msg in live.items():
             if uid in self._leg_call:
                 continue
