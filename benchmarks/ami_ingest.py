@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import re
 import sys
@@ -128,7 +129,7 @@ async def read_panoramisk(port: int) -> int:
     return factory.count
 
 
-async def read_cti(port: int) -> int:
+async def read_cti(port: int, expected: int) -> int:
     """The production path: AmiClient (reader, codec, ordered consumer) feeding the reducer."""
     from cti.ami.client import AmiClient
     from cti.config import AgentConfig, AmiConfig
@@ -143,7 +144,7 @@ async def read_cti(port: int) -> int:
         nonlocal count
         count += 1
         model.apply(msg)
-        if count == EXPECTED:
+        if count == expected:
             done.set()
 
     client = AmiClient(config=AmiConfig(host="127.0.0.1", port=port, ping_interval=60), on_event=on_event)
@@ -171,16 +172,12 @@ async def measure(name: str, reader: Callable[[int], Awaitable[int]], payload: b
     return best
 
 
-EXPECTED = 0
-
-
 async def throughput(target: int, rounds: int) -> dict[str, float]:
-    global EXPECTED  # noqa: PLW0603 - the cti reader stops when it has seen them all
     payload, events = build_stream(target)
-    EXPECTED = events
     print(f"stream: {events} events, {len(payload) / 1e6:.1f} MB, best of {rounds} rounds")
     readers: dict[str, Callable[[int], Awaitable[int]]] = {
-        "raw": read_raw, "minimal": read_minimal, "panoramisk": read_panoramisk, "cti": read_cti,
+        "raw": read_raw, "minimal": read_minimal, "panoramisk": read_panoramisk,
+        "cti": functools.partial(read_cti, expected=events),  # stops once it has seen them all
     }
     return {name: await measure(name, fn, payload, events, rounds) for name, fn in readers.items()}
 

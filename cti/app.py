@@ -22,7 +22,7 @@ from cti.ami.client import AmiClient
 from cti.config import Config
 from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
-from cti.metrics import AMI_CONNECTED, LIVE_CALLS
+from cti.metrics import AMI_CONNECTED, AMI_EVENTS, LIVE_CALLS
 from cti.model.reducer import CallModel
 from cti.pipeline import EventPipeline
 from cti.push.envelope import RedisSequencer
@@ -108,9 +108,7 @@ class CtiServer:
             await site.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on http {cfg.http.host}:{cfg.http.port}: {exc.strerror or exc}") from exc
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
+        self.http_port = int(runner.addresses[0][1])
 
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._tasks.append(group.create_task(self.notifier.run(), name="cti.notifier"))
@@ -124,9 +122,13 @@ class CtiServer:
                  ami=f"{cfg.ami.host}:{cfg.ami.port}", agents=len(cfg.agents))
 
     async def _gauges(self) -> None:
+        """Copy the client's plain counters to Prometheus once a second, off the per-event path."""
+        counted = 0
         while True:
             AMI_CONNECTED.set(1 if self.ami.connected else 0)
             LIVE_CALLS.set(len(self.model.calls))
+            AMI_EVENTS.inc(self.ami.stats.events - counted)
+            counted = self.ami.stats.events
             await asyncio.sleep(1)
 
     async def _periodic_resync(self, interval: float) -> None:

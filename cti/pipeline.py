@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import structlog
 
 from cti.ami.codec import Message
-from cti.metrics import AMI_EVENTS, DOMAIN_EVENTS, POP_LATENCY, RESYNCS
+from cti.metrics import DOMAIN_EVENTS, POP_LATENCY, RESYNCS
 from cti.model import events as ev
 from cti.model.events import DomainEvent
 from cti.model.reducer import CallModel
@@ -36,7 +36,17 @@ class Notifier(Protocol):
                on_sent: Callable[[Any], None] | None = None) -> None: ...
 
 
+class _LoginCount(Protocol):
+    @property
+    def connects(self) -> int: ...
+
+
 class ListActions(Protocol):
+    """What a resync needs of the AMI client (``AmiClient`` is one)."""
+
+    @property
+    def stats(self) -> _LoginCount: ...
+
     async def action_list(
         self, name: str, fields: dict[str, str] | None = None, *, timeout: float | None = None
     ) -> tuple[Message, list[Message]]: ...
@@ -57,22 +67,20 @@ class EventPipeline:
         self._customers: dict[str, dict[str, Any] | None] = {}
         self.synced = False
         self._synced_login: int | None = None
-        self.listeners: list[Callable[[DomainEvent], None]] = []
 
     def customer_of(self, linkedid: str) -> dict[str, Any] | None:
         """The directory record found for a live call's caller (looked up when it queued)."""
         return self._customers.get(linkedid)
 
     async def on_event(self, msg: Message) -> None:
-        AMI_EVENTS.inc()
         for event in self.model.apply(msg, self._clock()):
             await self._dispatch(event)
 
     async def on_connect(self, client: ListActions) -> None:
         """Resynchronise from CoreShowChannels and QueueStatus after every (re)login,
         and periodically on the same connection (``AmiClient.request_resync``)."""
-        login = getattr(getattr(client, "stats", None), "connects", None)
-        live_link = login is not None and login == self._synced_login
+        login = client.stats.connects
+        live_link = login == self._synced_login
         self.synced = self.synced and live_link
         _, channels = await client.action_list("CoreShowChannels")
         _, queues = await client.action_list("QueueStatus")
@@ -87,31 +95,26 @@ class EventPipeline:
 
     async def _dispatch(self, event: DomainEvent) -> None:
         DOMAIN_EVENTS.labels(event.type).inc()
-        for listener in self.listeners:
-            listener(event)
-        if event.type == ev.CALL_QUEUED and event.linkedid not in self._customers:
-            # Look the caller up when they join the queue, not when an agent rings: the pop is then instant.
-            self._customers[event.linkedid or ""] = await self._customer(event.data.get("caller"))
-        if event.agent is None or event.type not in PUSHED:
-            if event.type == ev.CALL_ENDED:
-                self._customers.pop(event.linkedid or "", None)
-            return
-        payload = dict(event.data)
-        if event.type != ev.AGENT_STATE:
-            linkedid = event.linkedid or ""
-            if linkedid not in self._customers:
-                self._customers[linkedid] = await self._customer(payload.get("caller"))
-            payload["customer"] = self._customers[linkedid]
-        on_sent = None
-        if event.type == ev.CALL_OFFERED:
-            received = time.perf_counter()
+        linkedid = event.linkedid or ""
+        pushed = event.agent is not None and event.type in PUSHED
+        call_event = event.type != ev.AGENT_STATE
+        # Look the caller up when they join the queue, not when an agent rings: the pop is then instant.
+        if call_event and (event.type == ev.CALL_QUEUED or pushed) and linkedid not in self._customers:
+            self._customers[linkedid] = await self._customer(event.data.get("caller"))
+        if pushed:
+            assert event.agent is not None
+            payload = dict(event.data)
+            if call_event:
+                payload["customer"] = self._customers[linkedid]
+            on_sent = None
+            if event.type == ev.CALL_OFFERED:
 
-            def on_sent(_envelope: Any, received: float = received) -> None:
-                POP_LATENCY.observe(time.perf_counter() - received)
+                def on_sent(_envelope: Any, received: float = time.perf_counter()) -> None:
+                    POP_LATENCY.observe(time.perf_counter() - received)
 
-        self._notifier.submit(event.agent, event.type, payload, on_sent=on_sent)
+            self._notifier.submit(event.agent, event.type, payload, on_sent=on_sent)
         if event.type == ev.CALL_ENDED:
-            self._customers.pop(event.linkedid or "", None)
+            self._customers.pop(linkedid, None)
 
     async def _customer(self, number: str | None) -> dict[str, Any] | None:
         if not number or self._directory is None:

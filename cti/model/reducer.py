@@ -204,10 +204,6 @@ class CallModel:
             agent = self._by_name.get(member_name.lower())
         return agent
 
-    def call_of(self, msg: Message) -> Call | None:
-        linkedid = self._call_id(msg)
-        return self.calls.get(linkedid) if linkedid else None
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "calls": [c.snapshot() for c in self.calls.values()],
@@ -294,17 +290,20 @@ class CallModel:
             queue = self._queue(queue_name)
             pos = queue.waiting.pop(call.linkedid, None)
             if pos is not None:
-                for other, p in queue.waiting.items():
-                    if p > pos:
-                        queue.waiting[other] = p - 1
-                        waiting = self.calls.get(other)
-                        if waiting is not None:
-                            waiting.position = p - 1
+                self._shift_positions(queue, pos + 1, -1)
         if call.current_queue == queue_name:
             call.current_queue = None
-        if call.left_queue_at is None or call.answered_at is None:
-            call.left_queue_at = ts
+        call.left_queue_at = ts
         call.position = None
+
+    def _shift_positions(self, queue: Queue, start: int, delta: int) -> None:
+        """app_queue reports a position only to the caller who joins or leaves; the others move."""
+        for other, p in queue.waiting.items():
+            if p >= start:
+                queue.waiting[other] = p + delta
+                waiting = self.calls.get(other)
+                if waiting is not None:
+                    waiting.position = p + delta
 
     def _end(self, call: Call, ts: float | None, out: list[DomainEvent], reason: str = "hangup") -> None:
         if call.ended:
@@ -392,12 +391,7 @@ class CallModel:
         queue = self._queue(f["Queue"])
         position = _int(f.get("Position"))
         if position is not None:
-            for other, p in queue.waiting.items():
-                if p >= position:
-                    queue.waiting[other] = p + 1
-                    waiting = self.calls.get(other)
-                    if waiting is not None:
-                        waiting.position = p + 1
+            self._shift_positions(queue, position, +1)
         queue.waiting[call.linkedid] = position or len(queue.waiting) + 1
         if call.queue is None:
             call.queue = queue.name
@@ -461,7 +455,6 @@ class CallModel:
         call.agent_id = agent.id if agent else None
         call.hold_time = _float(f.get("HoldTime"))
         self._leave_queue(call, f.get("Queue") or call.current_queue, ts)
-        call.left_queue_at = ts
         member = self._member(interface, name)
         member.call = call.linkedid
         self._withdraw_offers(call, ts, out, "answered_elsewhere", keep=interface.lower())
