@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from cti.agents import AgentRegistry
 from cti.ami.client import AmiClient
 from cti.config import Config
 from cti.directory.importer import DirectoryImportError, load_customers
@@ -46,7 +47,8 @@ class CtiServer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.model = CallModel(agents=config.agents)
+        self.agents = AgentRegistry(config.agents)
+        self.model = CallModel(agents=self.agents)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -87,7 +89,7 @@ class CtiServer:
             await directory.replace_all(customers)
             log.info("directory.imported", source=str(cfg.directory.source), customers=len(customers))
 
-        self.hub = WebSocketHub(agents={a.id for a in cfg.agents})
+        self.hub = WebSocketHub(agents=self.agents.ids)
         sinks: list[Sink] = [self.hub]
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(config=cfg.mqtt)
@@ -112,6 +114,7 @@ class CtiServer:
 
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._tasks.append(group.create_task(self.notifier.run(), name="cti.notifier"))
+        self._tasks.append(group.create_task(self.pipeline.run(), name="cti.lookups"))
         self._tasks.append(group.create_task(self.ami.run(), name="cti.ami"))
         if self.mqtt is not None:
             self._tasks.append(group.create_task(self.mqtt.run(), name="cti.mqtt"))

@@ -3,12 +3,20 @@
 The AMI client calls :meth:`EventPipeline.on_event` for each event, one at a
 time, and :meth:`EventPipeline.on_connect` after every login, before the events
 that follow it; so the model is resynchronised before it is trusted again.
+
+Nothing on that ordered path waits for Redis: a caller's customer record is
+looked up by :meth:`EventPipeline.run` (its own task) when they join a queue,
+and the call's pushes wait for that one lookup — bounded by ``lookup_timeout``
+— while every other call's pushes go on. Subscribers (routing, KPIs, agent
+state) see every domain event, synchronously and in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -19,12 +27,13 @@ from cti.model import events as ev
 from cti.model.events import DomainEvent
 from cti.model.reducer import CallModel
 
-__all__ = ["CustomerLookup", "EventPipeline", "Notifier"]
+__all__ = ["CustomerLookup", "EventPipeline", "Notifier", "Subscriber"]
 
 log = structlog.get_logger(__name__)
 
 #: Domain events an agent's client receives.
 PUSHED = frozenset({ev.CALL_OFFERED, ev.CALL_OFFER_WITHDRAWN, ev.CALL_ANSWERED, ev.CALL_ENDED, ev.AGENT_STATE})
+LOOKUP_TIMEOUT_S = 1.0
 
 
 class CustomerLookup(Protocol):
@@ -34,6 +43,12 @@ class CustomerLookup(Protocol):
 class Notifier(Protocol):
     def submit(self, agent_id: str, type: str, payload: dict[str, Any], *,
                on_sent: Callable[[Any], None] | None = None) -> None: ...
+
+
+class Subscriber(Protocol):
+    """Sees every domain event in order, on the AMI path: must not block."""
+
+    def on_domain_event(self, event: DomainEvent) -> None: ...
 
 
 class _LoginCount(Protocol):
@@ -52,29 +67,44 @@ class ListActions(Protocol):
     ) -> tuple[Message, list[Message]]: ...
 
 
+@dataclass(slots=True)
+class _Customer:
+    """One call's directory record: pushes for the call wait in ``held`` until it is known."""
+
+    number: str | None
+    done: bool = False
+    record: dict[str, Any] | None = None
+    held: list[tuple[str, str, dict[str, Any], Callable[[Any], None] | None]] = field(default_factory=list)
+
+
 class EventPipeline:
-    """Owns the call model. It awaits only the directory (once per call, bounded by Redis's
-    socket timeout); pushes are submitted to the notifier, which never blocks."""
+    """Owns the call model; :meth:`run` must be running for customer records to arrive."""
 
     def __init__(
         self, *, model: CallModel, notifier: Notifier, directory: CustomerLookup | None,
-        clock: Callable[[], float] = time.time,
+        subscribers: Sequence[Subscriber] = (), clock: Callable[[], float] = time.time,
+        lookup_timeout: float = LOOKUP_TIMEOUT_S,
     ) -> None:
         self.model = model
         self._notifier = notifier
         self._directory = directory
+        self._subscribers = tuple(subscribers)
         self._clock = clock
-        self._customers: dict[str, dict[str, Any] | None] = {}
+        self._lookup_timeout = lookup_timeout
+        self._customers: dict[str, _Customer] = {}
+        self._lookups: asyncio.Queue[tuple[str, _Customer]] = asyncio.Queue()
         self.synced = False
+        self.resyncs = 0
         self._synced_login: int | None = None
 
     def customer_of(self, linkedid: str) -> dict[str, Any] | None:
         """The directory record found for a live call's caller (looked up when it queued)."""
-        return self._customers.get(linkedid)
+        slot = self._customers.get(linkedid)
+        return slot.record if slot is not None else None
 
     async def on_event(self, msg: Message) -> None:
         for event in self.model.apply(msg, self._clock()):
-            await self._dispatch(event)
+            self._dispatch(event)
 
     async def on_connect(self, client: ListActions) -> None:
         """Resynchronise from CoreShowChannels and QueueStatus after every (re)login,
@@ -87,44 +117,78 @@ class EventPipeline:
         events = self.model.resync(channels, queues, self._clock(), live_link=live_link)
         self._synced_login = login
         RESYNCS.inc()
+        self.resyncs += 1
         log.info("ami.resynced", live_link=live_link, channels=len(channels), queue_items=len(queues),
-                 calls=len(self.model.calls), ended_while_away=sum(e.type == ev.CALL_ENDED for e in events))
+                 calls=len(self.model.calls), ended_while_away=sum(e.type == ev.CALL_FINISHED for e in events))
         for event in events:
-            await self._dispatch(event)
+            self._dispatch(event)
         self.synced = True
 
-    async def _dispatch(self, event: DomainEvent) -> None:
+    async def run(self) -> None:
+        """Look customers up, several at a time, off the ordered AMI path."""
+        async with asyncio.TaskGroup() as group:
+            while True:
+                linkedid, slot = await self._lookups.get()
+                group.create_task(self._look_up(linkedid, slot), name=f"cti.lookup.{linkedid}")
+
+    def _dispatch(self, event: DomainEvent) -> None:
         DOMAIN_EVENTS.labels(event.type).inc()
+        for subscriber in self._subscribers:
+            try:
+                subscriber.on_domain_event(event)
+            except Exception:  # one broken subscriber must not stop the calls
+                log.exception("pipeline.subscriber_failed", subscriber=type(subscriber).__name__,
+                              event_type=event.type, linkedid=event.linkedid)
         linkedid = event.linkedid or ""
         pushed = event.agent is not None and event.type in PUSHED
         call_event = event.type != ev.AGENT_STATE
+        slot = self._customers.get(linkedid) if call_event else None
         # Look the caller up when they join the queue, not when an agent rings: the pop is then instant.
-        if call_event and (event.type == ev.CALL_QUEUED or pushed) and linkedid not in self._customers:
-            self._customers[linkedid] = await self._customer(event.data.get("caller"))
+        if call_event and slot is None and (event.type == ev.CALL_QUEUED or pushed):
+            slot = self._customers[linkedid] = self._start_lookup(linkedid, event.data.get("caller"))
         if pushed:
             assert event.agent is not None
-            payload = dict(event.data)
-            if call_event:
-                payload["customer"] = self._customers[linkedid]
             on_sent = None
             if event.type == ev.CALL_OFFERED:
 
                 def on_sent(_envelope: Any, received: float = time.perf_counter()) -> None:
                     POP_LATENCY.observe(time.perf_counter() - received)
 
-            self._notifier.submit(event.agent, event.type, payload, on_sent=on_sent)
-        if event.type == ev.CALL_ENDED:
-            self._customers.pop(linkedid, None)
+            if slot is None:
+                self._notifier.submit(event.agent, event.type, dict(event.data), on_sent=on_sent)
+            elif slot.done:
+                self._notifier.submit(event.agent, event.type, {**event.data, "customer": slot.record},
+                                      on_sent=on_sent)
+            else:
+                slot.held.append((event.agent, event.type, event.data, on_sent))
+        if event.type == ev.CALL_FINISHED:
+            finished = self._customers.pop(linkedid, None)
+            if finished is not None:
+                self._release(finished)  # nothing may stay held once the call is gone
 
-    async def _customer(self, number: str | None) -> dict[str, Any] | None:
+    def _start_lookup(self, linkedid: str, number: str | None) -> _Customer:
+        slot = _Customer(number)
         if not number or self._directory is None:
-            return None
+            slot.done = True
+        else:
+            self._lookups.put_nowait((linkedid, slot))
+        return slot
+
+    async def _look_up(self, linkedid: str, slot: _Customer) -> None:
+        assert self._directory is not None and slot.number is not None
         try:
-            customer = await self._directory.lookup(number)
-        except Exception as exc:  # the pop goes out without the record rather than not at all
-            log.warning("directory.lookup_failed", number=number, error=repr(exc))
-            return None
-        if customer is None:
-            return None
-        dumped: dict[str, Any] = customer.model_dump(mode="json") if hasattr(customer, "model_dump") else dict(customer)
-        return dumped
+            async with asyncio.timeout(self._lookup_timeout):
+                customer = await self._directory.lookup(slot.number)
+        except Exception as exc:  # the pop goes out without the record rather than late or not at all
+            log.warning("directory.lookup_failed", linkedid=linkedid, number=slot.number, error=repr(exc))
+            customer = None
+        if customer is not None:
+            slot.record = customer.model_dump(mode="json") if hasattr(customer, "model_dump") else dict(customer)
+        self._release(slot)
+
+    def _release(self, slot: _Customer) -> None:
+        """Send the call's held pushes, in order, with the record (None if not found in time)."""
+        slot.done = True
+        held, slot.held = slot.held, []
+        for agent, kind, data, on_sent in held:
+            self._notifier.submit(agent, kind, {**data, "customer": slot.record}, on_sent=on_sent)

@@ -11,7 +11,7 @@ from typing import Any
 
 from cti.ami.codec import Decoder
 from cti.config import AgentConfig
-from cti.model.events import CALL_ENDED
+from cti.model.events import CALL_FINISHED
 from cti.model.reducer import CallModel
 from cti.model.state import Call
 
@@ -30,6 +30,8 @@ def call_row(call: Call) -> dict[str, Any]:
         "wait_s": call.wait_s,
         "talk_s": call.talk_s,
         "ended": call.ended,
+        "segments": [seg.snapshot() for seg in call.segments],
+        **({"merged_into": call.merged_into} if call.merged_into else {}),
     }
 
 
@@ -49,7 +51,7 @@ def replay_chunks(chunks: Iterable[bytes], *, agents: Sequence[AgentConfig] = ()
             decoder = Decoder(expect_greeting=chunk.startswith(b"Asterisk Call Manager/"))
         for msg in decoder.feed(chunk):
             for event in model.apply(msg):
-                if event.type == CALL_ENDED and event.linkedid:
+                if event.type == CALL_FINISHED and event.linkedid:
                     ended.append(model.ended[event.linkedid])
     for call in [*ended, *model.calls.values()]:
         yield call_row(call)

@@ -69,4 +69,4 @@ def test_malformed_known_event_is_counted_and_skipped() -> None:
     assert "call.offered" not in [e.type for e in out]
     assert model.malformed == 1
     hangup = Message({"Event": "Hangup", "Uniqueid": "1.1", "Linkedid": "1.1"})
-    assert model.apply(hangup, now=2.0)[-1].type == "call.ended"
+    assert model.apply(hangup, now=2.0)[-1].type == "call.finished"

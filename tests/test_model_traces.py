@@ -44,6 +44,12 @@ def test_basic_one_answered_call() -> None:
         "linkedid": "1795391524.70", "caller": "13800000001", "caller_name": "Caller", "queue": "support",
         "agent": "Bob", "outcome": "answered", "wait_s": pytest.approx(1.003, abs=0.01),
         "talk_s": pytest.approx(4.507, abs=0.01), "ended": True,
+        "segments": [{
+            "queue": "support", "joined_at": pytest.approx(1795391525.686, abs=0.01),
+            "left_at": pytest.approx(1795391526.688, abs=0.01), "outcome": "answered", "reason": None,
+            "agent": "Bob", "agent_id": "bob", "wait_s": pytest.approx(1.003, abs=0.01),
+            "talk_s": pytest.approx(4.507, abs=0.01), "position": 1, "transferred_from": None,
+        }],
     }
 
 
@@ -98,12 +104,26 @@ def test_abandon_exactly_one_abandoned() -> None:
     assert [e.data["reason"] for e in out if e.type == ev.CALL_LEFT_QUEUE] == ["abandoned"]
 
 
-def test_cti_trace_keeps_ivr_variables_and_no_queue_outcome() -> None:
-    model, _ = run("cti")
+def test_cti_trace_keeps_ivr_variables_and_follows_the_redirected_dials() -> None:
+    model, out = run("cti")
     [call] = model.ended.values()
     assert call.caller_num == "13800000301"
     assert call.vars["CTI_SKILL"] == "billing" and call.vars["CTI_PRIORITY"] == "5"
-    assert call.outcome is None, "never joined an app_queue queue"
+    assert call.queue is None, "never joined an app_queue queue"
+    # Redirected to cti-connect twice: Dial to 1009 (Dora) ends NOANSWER after 15 s, Dial to 1001 ANSWER after 1 s.
+    # 1009 is no agent of ours and no queue member in this capture: its ring is not a segment.
+    [alice] = call.segments
+    assert (alice.queue, alice.outcome, alice.agent_id, alice.wait_s) == (
+        None, "answered", "alice", pytest.approx(1.0, abs=0.01))
+    assert alice.talk_s == pytest.approx(1795391637.138 - 1795391632.631, abs=0.01)
+    assert call.outcome == "answered" and call.agent_id == "alice"
+    pushed = [e.type for e in out if e.agent == "alice" and e.type.startswith("call.")]
+    assert pushed == [ev.CALL_OFFERED, ev.CALL_ANSWERED, ev.CALL_ENDED]
+    dora = AgentConfig(id="dora", name="Dora", interface="Local/1009@sim-agents")
+    [call] = [r for r in replay_chunks([trace_bytes("cti")], agents=[*AGENTS, dora])]
+    first, second = call["segments"]
+    assert (first["agent"], first["outcome"], first["reason"]) == (None, "unanswered", "ring_no_answer")
+    assert first["wait_s"] == pytest.approx(15.0, abs=0.01) and second["agent_id"] == "alice"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -111,7 +131,7 @@ def test_without_timestamps_queue_times_are_used(name: str) -> None:
     lines = trace_bytes(name).split(b"\r\n")
     data = b"\r\n".join(line for line in lines if not line.startswith(b"Timestamp: "))
     for row in replay_chunks([data], agents=AGENTS):
-        if row["outcome"] == "answered":
+        if row["outcome"] == "answered" and row["queue"]:
             assert row["wait_s"] is not None and row["talk_s"] in (4.0, 5.0)  # app_queue's TalkTime
         if row["outcome"] == "abandoned":
             assert row["wait_s"] == 3.0
@@ -120,6 +140,6 @@ def test_without_timestamps_queue_times_are_used(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_every_call_ends_once(name: str) -> None:
     _, out = run(name)
-    ended = [e.linkedid for e in out if e.type == ev.CALL_ENDED]
+    ended = [e.linkedid for e in out if e.type == ev.CALL_FINISHED]
     arrived = [e.linkedid for e in out if e.type == ev.CALL_ARRIVED]
     assert sorted(ended) == sorted(arrived) and len(set(ended)) == len(ended)

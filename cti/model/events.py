@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["CALL_ANSWERED", "CALL_ENDED", "CALL_OFFERED", "CALL_QUEUED", "DomainEvent"]
+__all__ = ["CALL_ANSWERED", "CALL_ENDED", "CALL_FINISHED", "CALL_OFFERED", "CALL_QUEUED", "DomainEvent"]
 
 CALL_ARRIVED: Final = "call.arrived"
 CALL_QUEUED: Final = "call.queued"
@@ -17,7 +17,8 @@ CALL_OFFERED: Final = "call.offered"
 CALL_OFFER_WITHDRAWN: Final = "call.offer_withdrawn"
 CALL_ANSWERED: Final = "call.answered"
 CALL_LEFT_QUEUE: Final = "call.left_queue"
-CALL_ENDED: Final = "call.ended"
+CALL_ENDED: Final = "call.ended"  # an agent's part of a call is over (pushed to that agent)
+CALL_FINISHED: Final = "call.finished"  # the whole call is over: one per call, for KPIs and replay
 AGENT_STATE: Final = "agent.state"
 
 

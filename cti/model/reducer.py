@@ -7,21 +7,29 @@ with hypothesis.
 
 Calls are keyed by ``Linkedid``: with Local channels, app_queue and transfers a
 caller's call is many channels, and Asterisk gives all of them the Linkedid of
-the channel that started it. A call ends when its last leg hangs up.
+the channel that started it. A call ends when its last leg hangs up. A leg we
+know stays with its call even when a later event names another Linkedid (an
+attended transfer folds the consult call's legs into the caller's call).
+
+What happens to the caller is a list of segments (``cti.model.state``): queue
+visits from app_queue's events, and direct hand-offs to an agent from
+``BlindTransfer``/``AttendedTransfer`` and ``DialBegin``/``DialEnd`` to an
+agent's device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
+from cti.agents import AgentRegistry, device_of, interface_device
 from cti.ami.codec import Message
 from cti.config import AgentConfig
 from cti.model import events as ev
 from cti.model.events import DomainEvent
-from cti.model.state import Call, Leg, Member, Offer, Queue
+from cti.model.state import Call, Leg, Member, Membership, Offer, Queue, Segment, Transfer
 
 __all__ = ["CallModel"]
 
@@ -29,8 +37,22 @@ log = structlog.get_logger(__name__)
 
 _UNKNOWN = frozenset({"", "<unknown>", "unknown"})
 _ENDED_KEEP = 2000  # ended calls remembered for late events (AgentComplete after Hangup)
+#: app_queue's QUEUESTATUS after a QueueCallerAbandon that was not the caller hanging up.
+_LEFT_STATUSES = frozenset({"TIMEOUT", "LEAVEEMPTY", "LEAVEUNAVAIL", "FULL", "JOINEMPTY", "JOINUNAVAIL",
+                            "WITHDRAW", "CONTINUE"})
+#: DialEnd statuses of a direct ring, and what they mean for the segment.
+_DIAL_FAILED = {"NOANSWER": "ring_no_answer", "BUSY": "busy", "CONGESTION": "busy", "CHANUNAVAIL": "unavailable"}
 
 Handler = Callable[["CallModel", Message, "float | None", list[DomainEvent]], None]
+
+
+class Target(NamedTuple):
+    """An agent's phone a call may be handed to directly."""
+
+    interface: str
+    name: str
+    agent_id: str | None
+    device: str
 
 
 def _num(value: str | None) -> str | None:
@@ -54,17 +76,16 @@ def _float(value: str | None) -> float | None:
 class CallModel:
     """Every live call, queue member and queue, as the AMI stream tells it."""
 
-    def __init__(self, *, agents: Sequence[AgentConfig] = ()) -> None:
+    def __init__(self, *, agents: Sequence[AgentConfig] | AgentRegistry = ()) -> None:
         self.calls: dict[str, Call] = {}
         self.ended: dict[str, Call] = {}
         self.members: dict[str, Member] = {}
         self.queues: dict[str, Queue] = {}
+        self.agents = agents if isinstance(agents, AgentRegistry) else AgentRegistry(agents)
         self._leg_call: dict[str, str] = {}  # Uniqueid -> Linkedid
+        self._member_by_device: dict[str, Member] = {}
         self._suspects: set[str] = set()  # calls a live-link resync found without channels
-        self._agents = list(agents)
-        self._by_interface = {a.interface.lower(): a for a in agents}
-        self._by_name = {a.name.lower(): a for a in agents} | {a.id.lower(): a for a in agents}
-        self._by_extension = {a.extension: a for a in agents if a.extension}
+        self._ringing_exten: set[str] = set()  # calls sent to an agent's extension, not yet answered
         self.unknown_events = 0
         self.malformed = 0
 
@@ -145,9 +166,7 @@ class CallModel:
                 self._member_status(msg, now, out)
             elif kind == "QueueEntry":
                 self._queue_entry(msg, now, out)
-                waiting.setdefault(msg.fields.get("Queue", ""), set()).add(
-                    self._call_id(msg) or ""
-                )
+                waiting.setdefault(msg.fields.get("Queue", ""), set()).add(self._call_id(msg) or "")
             elif kind == "QueueParams":
                 self._queue(msg.fields.get("Queue", ""))
         for queue in self.queues.values():
@@ -157,7 +176,7 @@ class CallModel:
                 left = self.calls.get(linkedid)
                 if left is not None and left.current_queue == queue.name:
                     left.current_queue = None
-                    left.left_queue_at = now
+                    left.position = None
                     left.seen_gap = True
                     self._answered_while_away(left, live, now, out)
         return out
@@ -166,43 +185,35 @@ class CallModel:
                              out: list[DomainEvent]) -> None:
         """A caller who left the queue during the outage and is now bridged was answered.
 
-        The agent is the one whose interface names a bridged leg's channel
+        The agent is the one whose device names a bridged leg's channel
         (``PJSIP/1001`` -> ``PJSIP/1001-0000002b``); the answer time is unknown, so now.
         """
+        seg = call.current
         bridged = [live[uid] for uid in call.legs if uid in live and live[uid].fields.get("BridgeId")]
-        if not bridged:
+        if seg is None or not seg.waiting:
             return
-        call.answered_at = now
+        if not bridged:
+            self._close_waiting(call, seg, now, out, outcome="unanswered", reason="left_while_disconnected")
+            return
+        seg.left_at = seg.answered_at = now
+        seg.outcome = "answered"
+        if seg.queue is not None:
+            self._queue(seg.queue).answered += 1
         for msg in bridged:
-            channel = msg.fields.get("Channel", "")
-            for agent in self._agents:
-                iface = agent.interface.removesuffix("/n")
-                if channel.startswith(iface + "-"):
-                    call.agent, call.agent_id, call.agent_interface = agent.name, agent.id, agent.interface
-                    self._member(agent.interface, agent.name).call = call.linkedid
-                    break
-        log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, agent=call.agent,
+            target = self._target_for_device(device_of(msg.fields.get("Channel", "")))
+            if target is not None:
+                self._answer(call, seg, target, now)
+                break
+        log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, agent=seg.agent,
                  while_disconnected=True)
-        self._emit_call(out, ev.CALL_ANSWERED, call, now, call.agent_id, while_disconnected=True)
+        self._emit_call(out, ev.CALL_ANSWERED, call, now, seg.agent_id, while_disconnected=True)
 
     # --- lookups ------------------------------------------------------------------------------
 
     def agent_for(self, interface: str, member_name: str | None) -> AgentConfig | None:
         """The configured agent behind a queue member, by interface, state interface or name."""
-        key = interface.lower()
-        agent = self._by_interface.get(key)
-        if agent is None:
-            member = self.members.get(key)
-            if member is not None and member.state_interface:
-                agent = self._by_interface.get(member.state_interface.lower())
-        if agent is None and key.endswith("/n"):
-            agent = self._by_interface.get(key[:-2])
-        if agent is None and key.startswith("local/") and "@" in key:
-            # FreePBX-style members: Local/1001@from-queue/n rings extension 1001.
-            agent = self._by_extension.get(key[6 : key.index("@")])
-        if agent is None and member_name:
-            agent = self._by_name.get(member_name.lower())
-        return agent
+        member = self.members.get(interface.lower())
+        return self.agents.by_interface(interface, member.state_interface if member else None, member_name)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -211,11 +222,42 @@ class CallModel:
             "queues": [q.snapshot() for q in self.queues.values()],
         }
 
+    def _target_for_device(self, device: str) -> Target | None:
+        """The agent (configured, or a queue member we have seen) whose phone ``device`` is."""
+        member = self._member_by_device.get(device)
+        agent = self.agents.by_device(device)
+        if member is None and agent is not None:
+            member = self.members.get(agent.interface.lower())
+        if member is not None:
+            agent_id = member.agent_id or (agent.id if agent else None)
+            return Target(member.interface, member.name, agent_id, device)
+        if agent is not None:
+            return Target(agent.interface, agent.name, agent.id, device)
+        return None
+
+    def _target_for_exten(self, context: str, exten: str) -> Target | None:
+        """Who a blind transfer to ``exten@context`` rings: a Local member for exactly that
+        extension, else the configured agent with that extension."""
+        device = f"local/{exten}@{context}".lower()
+        target = self._target_for_device(device)
+        if target is not None:
+            return target
+        agent = self.agents.by_extension(exten)
+        if agent is not None:
+            member = self.members.get(agent.interface.lower())
+            return Target(agent.interface, member.name if member else agent.name, agent.id,
+                          interface_device(agent.interface))
+        prefix = f"local/{exten}@".lower()
+        for dev, member in self._member_by_device.items():
+            if dev.startswith(prefix):
+                return Target(member.interface, member.name, member.agent_id, dev)
+        return None
+
     # --- helpers ------------------------------------------------------------------------------
 
     def _call_id(self, msg: Message) -> str | None:
         f = msg.fields
-        return f.get("Linkedid") or self._leg_call.get(f.get("Uniqueid", ""))
+        return self._leg_call.get(f.get("Uniqueid", "")) or f.get("Linkedid")
 
     def _new_call(self, linkedid: str, ts: float | None) -> Call:
         call = Call(linkedid=linkedid, arrived_at=ts)
@@ -266,6 +308,7 @@ class CallModel:
             agent = self.agent_for(interface, name)
             member = Member(interface=interface, name=name or interface, agent_id=agent.id if agent else None)
             self.members[key] = member
+            self._member_by_device.setdefault(interface_device(key), member)
         elif name and member.name != name:
             member.name = name
         return member
@@ -284,8 +327,29 @@ class CallModel:
         for key in [k for k in call.offers if k != keep]:
             offer = call.offers.pop(key)
             self._emit_call(out, ev.CALL_OFFER_WITHDRAWN, call, ts, offer.agent_id, reason=reason)
+        if not call.offers:
+            self._ringing_exten.discard(call.linkedid)
 
-    def _leave_queue(self, call: Call, queue_name: str | None, ts: float | None) -> None:
+    def _open_segment(self, call: Call, queue: str | None, ts: float | None, leg: str | None,
+                      position: int | None = None) -> Segment:
+        """A new visit; a transfer still looking for its destination has found it."""
+        seg = Segment(queue=queue, joined_at=ts, leg=leg, position=position)
+        if call.transfer is not None:
+            seg.transferred_from, seg.transferred_from_id = call.transfer.from_name, call.transfer.from_id
+            call.transfer = None
+            if queue is not None:
+                self._queue(queue).transferred_in += 1
+        call.segments.append(seg)
+        return seg
+
+    def _queue_segment(self, call: Call, queue: str | None) -> Segment | None:
+        """The latest segment in ``queue`` (app_queue's events name it)."""
+        for seg in reversed(call.segments):
+            if seg.queue is not None and (queue is None or seg.queue == queue):
+                return seg
+        return None
+
+    def _leave_queue(self, call: Call, queue_name: str | None) -> None:
         if queue_name:
             queue = self._queue(queue_name)
             pos = queue.waiting.pop(call.linkedid, None)
@@ -293,7 +357,6 @@ class CallModel:
                 self._shift_positions(queue, pos + 1, -1)
         if call.current_queue == queue_name:
             call.current_queue = None
-        call.left_queue_at = ts
         call.position = None
 
     def _shift_positions(self, queue: Queue, start: int, delta: int) -> None:
@@ -305,36 +368,85 @@ class CallModel:
                 if waiting is not None:
                     waiting.position = p + delta
 
+    def _close_waiting(self, call: Call, seg: Segment, ts: float | None, out: list[DomainEvent], *,
+                       outcome: str, reason: str | None = None) -> None:
+        """A waiting segment ends without an agent: the caller hung up, or app_queue let them go."""
+        seg.left_pending = False
+        if seg.left_at is None:
+            seg.left_at = ts
+        seg.outcome = "abandoned" if outcome == "abandoned" else "unanswered"
+        seg.reason = reason
+        if seg.queue is not None:
+            q = self._queue(seg.queue)
+            if seg.outcome == "abandoned":
+                q.abandoned += 1
+            else:
+                q.unanswered += 1
+            if call.current_queue == seg.queue:
+                self._leave_queue(call, seg.queue)
+        self._withdraw_offers(call, ts, out, "caller_abandoned" if seg.outcome == "abandoned" else "left_queue")
+        log.info("call.left_queue", linkedid=call.linkedid, caller=call.caller_num, queue=seg.queue,
+                 outcome=seg.outcome, reason=reason, wait_s=seg.wait_s)
+        self._emit_call(out, ev.CALL_LEFT_QUEUE, call, ts, reason=seg.outcome if reason is None else reason,
+                        left_queue=seg.queue)
+
+    def _settle_pending(self, call: Call, ts: float | None, out: list[DomainEvent], *, hung_up: bool) -> None:
+        """A ``QueueCallerAbandon`` is an abandon only if no ``QUEUESTATUS`` follows it."""
+        seg = call.segments[-1] if call.segments else None
+        if seg is not None and seg.left_pending:
+            self._close_waiting(call, seg, seg.left_at or ts, out, outcome="abandoned" if hung_up else "unanswered")
+
+    def _answer(self, call: Call, seg: Segment, target: Target, ts: float | None) -> None:
+        seg.outcome = "answered"
+        seg.answered_at = ts
+        if seg.left_at is None:
+            seg.left_at = ts
+        seg.agent, seg.agent_id, seg.agent_interface = target.name, target.agent_id, target.interface
+        member = self._member(target.interface, target.name)
+        member.call = member.last_call = call.linkedid
+
+    def _agent_done(self, call: Call, seg: Segment, ts: float | None, out: list[DomainEvent], reason: str) -> None:
+        """The agent's part of the call is over: tell them once."""
+        if seg.completed_at is None:
+            seg.completed_at = ts
+        if seg.agent_interface:
+            member = self.members.get(seg.agent_interface.lower())
+            if member is not None and member.call == call.linkedid:
+                member.call = None
+        if not seg.notified:
+            seg.notified = True
+            self._emit_call(out, ev.CALL_ENDED, call, ts, seg.agent_id, reason=reason, segment_agent=seg.agent)
+
     def _end(self, call: Call, ts: float | None, out: list[DomainEvent], reason: str = "hangup") -> None:
         if call.ended:
             return
         call.ended = True
         call.ended_at = ts
+        self._ringing_exten.discard(call.linkedid)
+        self._settle_pending(call, ts, out, hung_up=True)
+        seg = call.current
+        if seg is not None and seg.waiting:
+            self._close_waiting(call, seg, ts, out, outcome="abandoned")
         self._withdraw_offers(call, ts, out, "call_ended")
         if call.current_queue:
             queue = self.queues.get(call.current_queue)
             if queue is not None:
                 queue.waiting.pop(call.linkedid, None)
-        outcome = call.outcome
-        if call.queue is not None:
-            q = self._queue(call.queue)
-            if outcome == "answered":
-                q.answered += 1
-            elif outcome == "abandoned":
-                q.abandoned += 1
-            elif outcome == "unanswered":
-                q.unanswered += 1
         for uid in call.legs:
             self._leg_call.pop(uid, None)
         del self.calls[call.linkedid]
         self.ended[call.linkedid] = call
         if len(self.ended) > _ENDED_KEEP:
             del self.ended[next(iter(self.ended))]
+        for part in call.segments:
+            if part.outcome == "answered" and not part.notified:
+                self._agent_done(call, part, ts, out, reason)
         log.info(
             "call.ended", linkedid=call.linkedid, caller=call.caller_num, queue=call.queue,
-            agent=call.agent, outcome=outcome, wait_s=call.wait_s, talk_s=call.talk_s, reason=reason,
+            agent=call.agent, outcome=call.outcome, wait_s=call.wait_s, talk_s=call.talk_s, reason=reason,
+            segments=len(call.segments),
         )
-        self._emit_call(out, ev.CALL_ENDED, call, ts, call.agent_id, reason=reason)
+        self._emit_call(out, ev.CALL_FINISHED, call, ts, reason=reason)
 
     # --- channel events -----------------------------------------------------------------------
 
@@ -370,16 +482,224 @@ class CallModel:
         if call is None:
             return
         call.legs.pop(uid, None)
+        if call.segments and call.segments[-1].leg == uid:
+            self._settle_pending(call, ts, out, hung_up=True)
         if not call.legs:
             self._end(call, ts, out)
 
     def _on_varset(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         var = msg.fields.get("Variable", "")
-        if not var.startswith("CTI_"):
+        if var.startswith("CTI_"):
+            call = self._call_for(msg, ts, out)
+            if call is not None:
+                call.vars[var] = msg.fields.get("Value", "")
+        elif var == "QUEUESTATUS":
+            call = self.calls.get(self._call_id(msg) or "")
+            status = msg.fields.get("Value", "")
+            seg = call.segments[-1] if call is not None and call.segments else None
+            if call is not None and seg is not None and seg.left_pending and status in _LEFT_STATUSES:
+                self._close_waiting(call, seg, seg.left_at, out, outcome="unanswered", reason=status.lower())
+
+    def _on_newexten(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        """A caller a blind transfer sent to an agent's own extension is answered there."""
+        if not self._ringing_exten or msg.fields.get("Application") != "Answer":
             return
-        call = self._call_for(msg, ts, out)
-        if call is not None:
-            call.vars[var] = msg.fields.get("Value", "")
+        linkedid = self._call_id(msg) or ""
+        call = self.calls.get(linkedid)
+        if call is None or linkedid not in self._ringing_exten:
+            return
+        where = (msg.fields.get("Context", ""), msg.fields.get("Exten", ""))
+        for key, offer in list(call.offers.items()):
+            if offer.exten == where:
+                self._answer_direct(call, key, offer, ts, out)
+                return
+
+    def _on_dial_begin(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        """A dial to an agent's phone outside app_queue (a transfer, a CTI redirect, a direct call)."""
+        f = msg.fields
+        dest = f.get("DestChannel")
+        if not dest:
+            return
+        linkedid = self._leg_call.get(f.get("Uniqueid", "")) or f.get("Linkedid") or f.get("DestLinkedid")
+        call = self.calls.get(linkedid or "")
+        if call is None or call.current_queue is not None:
+            return  # app_queue's own ring: its Agent* events tell the story
+        target = self._target_for_device(device_of(dest))
+        if target is None:
+            return
+        key = target.interface.lower()
+        existing = call.offers.get(key)
+        if existing is not None:
+            existing.device = target.device
+            return
+        self._offer_direct(call, target, ts, out)
+
+    def _on_dial_end(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        f = msg.fields
+        dest = f.get("DestChannel")
+        call = self.calls.get(self._call_id(msg) or "") if "Uniqueid" in f else None
+        if call is None and dest:
+            call = self.calls.get(self._leg_call.get(f.get("DestUniqueid", "")) or f.get("DestLinkedid") or "")
+        if call is None or not call.offers or not dest:
+            return
+        device = device_of(dest)
+        for key, offer in list(call.offers.items()):
+            if offer.queue is None and offer.device == device:
+                status = f.get("DialStatus", "")
+                if status == "ANSWER":
+                    self._answer_direct(call, key, offer, ts, out)
+                else:
+                    self._direct_failed(call, key, offer, ts, out, status=status)
+                return
+
+    def _on_bridge_enter(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        """An agent's phone joining the caller's bridge answers a direct ring with no DialEnd."""
+        call = self.calls.get(self._call_id(msg) or "")
+        if call is None or not call.offers:
+            return
+        device = device_of(msg.fields.get("Channel", ""))
+        for key, offer in list(call.offers.items()):
+            if offer.queue is None and offer.device == device:
+                self._answer_direct(call, key, offer, ts, out)
+                return
+
+    def _offer_direct(self, call: Call, target: Target, ts: float | None, out: list[DomainEvent],
+                      exten: tuple[str, str] | None = None) -> None:
+        self._settle_pending(call, ts, out, hung_up=False)
+        waiting = call.current
+        if waiting is not None and waiting.waiting and waiting.queue is None:
+            seg = waiting  # a second phone rung for the same hand-off (a ring group)
+        else:
+            seg = self._open_segment(call, None, ts, None)
+        offer = Offer(target.interface, target.name, target.agent_id, None, ts, target.device, exten)
+        call.offers[target.interface.lower()] = offer
+        if exten is not None:
+            self._ringing_exten.add(call.linkedid)
+        if call.offered_at is None:
+            call.offered_at = ts
+        log.info("call.offered", linkedid=call.linkedid, caller=call.caller_num, member=target.name,
+                 agent_id=target.agent_id, direct=True, transferred_from=seg.transferred_from)
+        self._emit_call(out, ev.CALL_OFFERED, call, ts, target.agent_id, offered_queue=None, member=target.name,
+                        wait_so_far_s=0.0, transferred_from=seg.transferred_from,
+                        transferred_from_id=seg.transferred_from_id)
+
+    def _answer_direct(self, call: Call, key: str, offer: Offer, ts: float | None,
+                       out: list[DomainEvent]) -> None:
+        seg = call.current
+        if seg is None or not seg.waiting or seg.queue is not None:
+            return
+        del call.offers[key]
+        self._answer(call, seg, Target(offer.interface, offer.member_name, offer.agent_id, offer.device), ts)
+        self._withdraw_offers(call, ts, out, "answered_elsewhere")
+        log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, agent=seg.agent, direct=True,
+                 transferred_from=seg.transferred_from)
+        self._emit_call(out, ev.CALL_ANSWERED, call, ts, seg.agent_id, transferred_from=seg.transferred_from,
+                        transferred_from_id=seg.transferred_from_id)
+
+    def _direct_failed(self, call: Call, key: str, offer: Offer, ts: float | None, out: list[DomainEvent], *,
+                       status: str) -> None:
+        del call.offers[key]
+        reason = _DIAL_FAILED.get(status, "caller_abandoned" if status == "CANCEL" else status.lower())
+        self._emit_call(out, ev.CALL_OFFER_WITHDRAWN, call, ts, offer.agent_id, reason=reason)
+        seg = call.current
+        if not call.offers:
+            self._ringing_exten.discard(call.linkedid)
+            if seg is not None and seg.waiting and seg.queue is None:
+                seg.left_at = ts
+                seg.outcome = "abandoned" if status == "CANCEL" else "unanswered"
+                seg.reason = reason
+
+    # --- transfers ----------------------------------------------------------------------------
+
+    def _transfer_away(self, call: Call, ts: float | None, out: list[DomainEvent], kind: str,
+                       transferer_channel: str) -> Segment | None:
+        """The talking agent hands the call on: their segment ends as ``transferred``."""
+        device = device_of(transferer_channel)
+        talking = [s for s in call.segments if s.talking]
+        seg = next((s for s in reversed(talking)
+                    if s.agent_interface and interface_device(s.agent_interface) == device),
+                   talking[-1] if talking else None)
+        if seg is None:
+            call.transfer = Transfer(None, None, ts, kind)
+            return None
+        seg.outcome = "transferred"
+        seg.reason = kind
+        call.transfer = Transfer(seg.agent, seg.agent_id, ts, kind)
+        log.info("call.transferred", linkedid=call.linkedid, caller=call.caller_num, agent=seg.agent, kind=kind)
+        self._agent_done(call, seg, ts, out, "transferred")
+        return seg
+
+    def _on_blind_transfer(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        f = msg.fields
+        if f.get("Result", "Success") != "Success":
+            return
+        uid = f.get("TransfereeUniqueid", "")
+        call = self.calls.get(self._leg_call.get(uid) or f.get("TransfereeLinkedid") or "")
+        if call is None:
+            return
+        self._transfer_away(call, ts, out, "blind", f.get("TransfererChannel", ""))
+        context, exten = f.get("Context", ""), f.get("Extension", "")
+        target = self._target_for_exten(context, exten) if exten else None
+        if target is not None:
+            self._offer_direct(call, target, ts, out, exten=(context, exten))
+        # Otherwise the destination shows itself: a QueueCallerJoin, or a DialBegin to an agent.
+
+    def _on_attended_transfer(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        """The consult call (agent A to B) folds into the caller's call, which B now has."""
+        f = msg.fields
+        if f.get("Result", "Success") != "Success" or f.get("DestType") == "Fail":
+            return
+        uid = f.get("TransfereeUniqueid") or f.get("OrigTransfererUniqueid", "")
+        call = self.calls.get(self._leg_call.get(uid) or f.get("TransfereeLinkedid")
+                              or f.get("OrigTransfererLinkedid") or "")
+        if call is None:
+            return
+        threeway = f.get("DestType") == "Threeway"
+        if not threeway:
+            self._transfer_away(call, ts, out, "attended", f.get("OrigTransfererChannel", ""))
+        consult_id = (self._leg_call.get(f.get("TransferTargetUniqueid", ""))
+                      or self._leg_call.get(f.get("SecondTransfererUniqueid", ""))
+                      or f.get("SecondTransfererLinkedid"))
+        consult = self.calls.get(consult_id or "")
+        target = self._target_for_device(device_of(f.get("TransferTargetChannel", "")))
+        if consult is not None and consult is not call:
+            if target is None:
+                answered = consult.talking
+                if answered is not None and answered.agent_interface:
+                    target = Target(answered.agent_interface, answered.agent or "", answered.agent_id,
+                                    interface_device(answered.agent_interface))
+            self._merge(consult, call, ts, out)
+        if target is None or f.get("DestType") == "App":
+            return  # the caller went to an application (a queue, voicemail): its events follow
+        if threeway:
+            call.transfer = Transfer(call.talking.agent if call.talking else None,
+                                     call.talking.agent_id if call.talking else None, ts, "threeway")
+        seg = self._open_segment(call, None, ts, None)
+        self._emit_call(out, ev.CALL_OFFERED, call, ts, target.agent_id, offered_queue=None, member=target.name,
+                        wait_so_far_s=0.0, transferred_from=seg.transferred_from,
+                        transferred_from_id=seg.transferred_from_id)
+        self._answer(call, seg, target, ts)
+        log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, agent=seg.agent,
+                 transferred_from=seg.transferred_from, kind="attended")
+        self._emit_call(out, ev.CALL_ANSWERED, call, ts, seg.agent_id, transferred_from=seg.transferred_from,
+                        transferred_from_id=seg.transferred_from_id)
+
+    def _merge(self, consult: Call, into: Call, ts: float | None, out: list[DomainEvent]) -> None:
+        """Move the consult call's legs into the caller's call; the consult call is over."""
+        for uid, leg in consult.legs.items():
+            into.legs[uid] = leg
+            self._leg_call[uid] = into.linkedid
+        consult.legs.clear()
+        consult.merged_into = into.linkedid
+        self._withdraw_offers(consult, ts, out, "call_ended")
+        for seg in consult.segments:
+            if seg.outcome == "answered" and not seg.notified:
+                self._agent_done(consult, seg, ts, out, "merged")
+        consult.ended, consult.ended_at = True, ts
+        self._ringing_exten.discard(consult.linkedid)
+        del self.calls[consult.linkedid]
+        self.ended[consult.linkedid] = consult
+        self._emit_call(out, ev.CALL_FINISHED, consult, ts, reason="merged", merged_into=into.linkedid)
 
     # --- app_queue events ---------------------------------------------------------------------
 
@@ -387,23 +707,21 @@ class CallModel:
         call = self._call_for(msg, ts, out)
         if call is None:
             return
+        self._settle_pending(call, ts, out, hung_up=False)
         f = msg.fields
         queue = self._queue(f["Queue"])
         position = _int(f.get("Position"))
         if position is not None:
             self._shift_positions(queue, position, +1)
         queue.waiting[call.linkedid] = position or len(queue.waiting) + 1
-        if call.queue is None:
-            call.queue = queue.name
-            call.queued_at = ts
+        self._open_segment(call, queue.name, ts, f.get("Uniqueid"), position)
         call.current_queue = queue.name
         call.position = position
-        call.left_queue_at = None
         num = _num(f.get("CallerIDNum"))
-        if num:
+        if num and call.caller_num is None:
             call.caller_num, call.caller_name = num, _num(f.get("CallerIDName")) or call.caller_name
         log.info("call.queued", linkedid=call.linkedid, caller=call.caller_num, queue=queue.name,
-                 position=position)
+                 position=position, segment=len(call.segments))
         self._emit_call(out, ev.CALL_QUEUED, call, ts, count=_int(f.get("Count")))
 
     def _member_event(
@@ -422,17 +740,21 @@ class CallModel:
             return
         call, interface, name, agent = found
         f = msg.fields
-        call.offers[interface.lower()] = Offer(interface, name, agent.id if agent else None, f.get("Queue", ""), ts)
+        queue = f.get("Queue", "")
+        seg = self._queue_segment(call, queue)
+        call.offers[interface.lower()] = Offer(interface, name, agent.id if agent else None, queue, ts,
+                                               interface_device(interface))
         if call.offered_at is None:
             call.offered_at = ts
-        wait = round(ts - call.queued_at, 3) if ts is not None and call.queued_at is not None else None
-        log.info("call.offered", linkedid=call.linkedid, caller=call.caller_num, queue=f.get("Queue"),
+        wait = round(ts - seg.joined_at, 3) if ts is not None and seg and seg.joined_at is not None else None
+        log.info("call.offered", linkedid=call.linkedid, caller=call.caller_num, queue=queue,
                  member=name, agent_id=agent.id if agent else None)
         if agent is None:
             log.warning("agent.unknown", interface=interface, member=name, linkedid=call.linkedid,
                         hint="add the agent to config agents[] to give them screen pops")
-        self._emit_call(out, ev.CALL_OFFERED, call, ts, agent.id if agent else None, offered_queue=f.get("Queue"),
-                        member=name, wait_so_far_s=wait)
+        self._emit_call(out, ev.CALL_OFFERED, call, ts, agent.id if agent else None, offered_queue=queue,
+                        member=name, wait_so_far_s=wait, transferred_from=seg.transferred_from if seg else None,
+                        transferred_from_id=seg.transferred_from_id if seg else None)
 
     def _on_ring_no_answer(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         call = self._call_for(msg, ts, out)
@@ -450,50 +772,76 @@ class CallModel:
             return
         call, interface, name, agent = found
         f = msg.fields
-        call.answered_at = ts
-        call.agent, call.agent_interface = name or interface, interface
-        call.agent_id = agent.id if agent else None
-        call.hold_time = _float(f.get("HoldTime"))
-        self._leave_queue(call, f.get("Queue") or call.current_queue, ts)
-        member = self._member(interface, name)
-        member.call = call.linkedid
+        queue = f.get("Queue") or call.current_queue
+        seg = self._queue_segment(call, queue)
+        if seg is None:  # met mid-call: the join fell before we were listening
+            seg = self._open_segment(call, queue, None, f.get("Uniqueid"))
+            call.seen_gap = True
+        self._leave_queue(call, queue)
+        self._answer(call, seg, Target(interface, name or interface, agent.id if agent else None,
+                                       interface_device(interface)), ts)
+        seg.hold_time = _float(f.get("HoldTime"))
+        if seg.queue is not None:
+            self._queue(seg.queue).answered += 1
         self._withdraw_offers(call, ts, out, "answered_elsewhere", keep=interface.lower())
         call.offers.clear()
-        log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, queue=f.get("Queue"),
-                 agent=call.agent, hold_s=call.hold_time)
-        self._emit_call(out, ev.CALL_ANSWERED, call, ts, call.agent_id)
+        log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, queue=queue,
+                 agent=seg.agent, hold_s=seg.hold_time, transferred_from=seg.transferred_from)
+        self._emit_call(out, ev.CALL_ANSWERED, call, ts, seg.agent_id, answered_queue=queue,
+                        transferred_from=seg.transferred_from, transferred_from_id=seg.transferred_from_id)
 
     def _on_complete(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         f = msg.fields
         member = self._member(f["Interface"], f.get("MemberName"))
-        linkedid = self._call_id(msg) or member.call
-        member.call = None
+        linkedid = self._call_id(msg) or member.call or member.last_call
         call = self.calls.get(linkedid or "") or self.ended.get(linkedid or "")
+        if member.call == linkedid:
+            member.call = None
         if call is None:
             return
-        if call.completed_at is None:
-            call.completed_at = ts
-        call.talk_time = _float(f.get("TalkTime"))
-        if call.hold_time is None:
-            call.hold_time = _float(f.get("HoldTime"))
+        key = f["Interface"].lower()
+        seg = next((s for s in reversed(call.segments)
+                    if s.agent_interface and s.agent_interface.lower() == key and s.queue == f.get("Queue", s.queue)),
+                   None)
+        if seg is None:
+            return
+        seg.talk_time = _float(f.get("TalkTime"))
+        if seg.hold_time is None:
+            seg.hold_time = _float(f.get("HoldTime"))
+        if f.get("Reason") == "transfer" and seg.outcome == "answered":
+            seg.outcome, seg.reason = "transferred", seg.reason or "blind"
+        if call.ended:
+            if seg.completed_at is None:
+                seg.completed_at = ts
+            return
+        self._agent_done(call, seg, ts, out, "transferred" if seg.outcome == "transferred" else "hangup")
 
     def _on_leave(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         call = self._call_for(msg, ts, out)
         if call is None:
             return
-        self._leave_queue(call, msg.fields.get("Queue"), ts)
+        queue = msg.fields.get("Queue")
+        seg = self._queue_segment(call, queue)
+        if seg is not None and seg.left_at is None:
+            seg.left_at = ts
+        self._leave_queue(call, queue)
 
     def _on_abandon(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        """The caller left the queue without an agent. app_queue says the same for a hang-up and
+        for a timeout; only a ``QUEUESTATUS`` right after tells a timeout (see _settle_pending)."""
         call = self._call_for(msg, ts, out) or self.ended.get(self._call_id(msg) or "")
-        if call is None or call.answered_at is not None:
+        if call is None:
             return
-        call.abandoned = True
-        call.hold_time = _float(msg.fields.get("HoldTime"))
-        self._leave_queue(call, msg.fields.get("Queue"), ts)
-        self._withdraw_offers(call, ts, out, "caller_abandoned")
-        log.info("call.abandoned", linkedid=call.linkedid, caller=call.caller_num,
-                 queue=msg.fields.get("Queue"), hold_s=call.hold_time)
-        self._emit_call(out, ev.CALL_LEFT_QUEUE, call, ts, reason="abandoned")
+        queue = msg.fields.get("Queue")
+        seg = self._queue_segment(call, queue)
+        if seg is None or not seg.waiting:
+            return
+        seg.left_at = ts
+        seg.hold_time = _float(msg.fields.get("HoldTime"))
+        seg.left_pending = True
+        self._leave_queue(call, queue)
+        if call.ended:
+            self._close_waiting(call, seg, ts, out, outcome="abandoned")
 
     def _queue_entry(self, msg: Message, now: float, out: list[DomainEvent]) -> None:
         call = self._call_for(msg, now, out)
@@ -505,10 +853,11 @@ class CallModel:
         queue.waiting[call.linkedid] = position
         call.position = position
         call.current_queue = queue.name
-        if call.queue is None:
-            call.queue = queue.name
+        seg = call.current
+        if seg is None or seg.queue != queue.name or not seg.waiting:
             wait = _float(f.get("Wait"))
-            call.queued_at = now - wait if wait is not None else now
+            self._open_segment(call, queue.name, now - wait if wait is not None else now, f.get("Uniqueid"),
+                               position)
         num = _num(f.get("CallerIDNum"))
         if num and call.caller_num is None:
             call.caller_num, call.caller_name = num, _num(f.get("CallerIDName"))
@@ -522,21 +871,34 @@ class CallModel:
             raise KeyError("Interface")
         member = self._member(interface, f.get("MemberName") or f.get("Name"))
         before = member.snapshot()
-        member.state_interface = f.get("StateInterface") or member.state_interface
+        state_interface = f.get("StateInterface")
+        if state_interface and state_interface != member.state_interface:
+            member.state_interface = state_interface
+            self._member_by_device.setdefault(interface_device(state_interface), member)
         if member.agent_id is None:
             agent = self.agent_for(interface, member.name)
             member.agent_id = agent.id if agent else None
         status = _int(f.get("Status"))
         if status is not None:
             member.status = status
-        if "Paused" in f:
-            member.paused = f["Paused"] == "1"
-            member.paused_reason = f.get("PausedReason", "")
-        taken = _int(f.get("CallsTaken"))
-        if taken is not None:
-            member.calls_taken = taken
-        if "Queue" in f:
-            member.queues.add(f["Queue"])
+        queue = f.get("Queue")
+        if queue:
+            ms = member.queues.get(queue)
+            if ms is None:
+                ms = member.queues[queue] = Membership()
+            if "Paused" in f:
+                ms.paused = f["Paused"] == "1"
+                ms.paused_reason = f.get("PausedReason", "") if ms.paused else ""
+            taken = _int(f.get("CallsTaken"))
+            if taken is not None:
+                ms.calls_taken = taken
+            penalty = _int(f.get("Penalty"))
+            if penalty is not None:
+                ms.penalty = penalty
+        elif "Paused" in f:  # no queue named: app_queue paused it everywhere
+            for ms in member.queues.values():
+                ms.paused = f["Paused"] == "1"
+                ms.paused_reason = f.get("PausedReason", "") if ms.paused else ""
         after = member.snapshot()
         if after != before and member.agent_id:
             out.append(DomainEvent(ev.AGENT_STATE, None, ts, after, member.agent_id))
@@ -544,7 +906,7 @@ class CallModel:
     def _on_member_removed(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         member = self.members.get(msg.fields.get("Interface", "").lower())
         if member is not None:
-            member.queues.discard(msg.fields.get("Queue", ""))
+            member.queues.pop(msg.fields.get("Queue", ""), None)
             if member.agent_id:
                 out.append(DomainEvent(ev.AGENT_STATE, None, ts, member.snapshot(), member.agent_id))
 
@@ -565,6 +927,12 @@ _HANDLERS: dict[str, Handler] = {
     "NewCallerid": CallModel._on_callerid,
     "Hangup": CallModel._on_hangup,
     "VarSet": CallModel._on_varset,
+    "Newexten": CallModel._on_newexten,
+    "DialBegin": CallModel._on_dial_begin,
+    "DialEnd": CallModel._on_dial_end,
+    "BridgeEnter": CallModel._on_bridge_enter,
+    "BlindTransfer": CallModel._on_blind_transfer,
+    "AttendedTransfer": CallModel._on_attended_transfer,
     "QueueCallerJoin": CallModel._on_join,
     "QueueCallerLeave": CallModel._on_leave,
     "QueueCallerAbandon": CallModel._on_abandon,

@@ -1,7 +1,13 @@
-"""The live state the reducer keeps: calls with their legs, queue members, queues.
+"""The live state the reducer keeps: calls with their legs and segments, queue members, queues.
 
 Plain mutable records owned by :class:`cti.model.reducer.CallModel`; nothing
-outside the reducer writes them. ``Call.snapshot()`` is what leaves the model.
+outside the reducer writes them. ``snapshot()`` is what leaves the model.
+
+A call's life is a list of :class:`Segment` s: each queue visit, and each
+hand-off straight to an agent (a blind transfer to an extension, a dial to an
+agent's device). The call's own figures are derived from them, so a call that
+times out of one queue and is answered in another, or is transferred, is
+counted once in each place with its own outcome.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["answered", "abandoned", "unanswered"]
+SegmentOutcome = Literal["answered", "abandoned", "unanswered", "transferred"]
 
 
 @dataclass(slots=True)
@@ -24,13 +31,87 @@ class Leg:
 
 @dataclass(slots=True)
 class Offer:
-    """The call ringing one queue member (an ``AgentCalled`` not yet resolved)."""
+    """The call ringing one agent: an ``AgentCalled``, or a direct dial / transfer to an agent."""
 
     interface: str
     member_name: str
     agent_id: str | None
-    queue: str
+    queue: str | None  # None: not app_queue's (resolved by Dial/Bridge events, not Agent* ones)
     at: float | None
+    device: str = ""  # channel name prefix of the agent's phone, lower case
+    exten: tuple[str, str] | None = None  # (context, exten) a blind transfer sent the caller to
+
+
+@dataclass(slots=True)
+class Segment:
+    """One queue visit, or one direct hand-off to an agent (``queue`` None)."""
+
+    queue: str | None
+    joined_at: float | None
+    leg: str | None = None  # Uniqueid of the channel that waits (its hangup is an abandon)
+    position: int | None = None
+    left_at: float | None = None  # stopped waiting: answered, left the queue, hung up
+    outcome: SegmentOutcome | None = None
+    reason: str | None = None  # unanswered: timeout, leaveempty, ...; transferred: blind, attended
+    agent: str | None = None  # who answered, as Asterisk names the member
+    agent_id: str | None = None
+    agent_interface: str | None = None
+    answered_at: float | None = None
+    completed_at: float | None = None  # the agent's part ended (AgentComplete, transfer, hangup)
+    transferred_from: str | None = None
+    transferred_from_id: str | None = None
+    hold_time: float | None = None  # app_queue's HoldTime, for captures without Timestamp
+    talk_time: float | None = None  # app_queue's TalkTime
+    left_pending: bool = False  # QueueCallerAbandon seen: a QUEUESTATUS may still say timeout
+    notified: bool = False  # the agent was told their part ended
+
+    @property
+    def waiting(self) -> bool:
+        return self.outcome is None and self.left_at is None
+
+    @property
+    def talking(self) -> bool:
+        return self.outcome == "answered" and self.completed_at is None
+
+    @property
+    def wait_s(self) -> float | None:
+        end = self.answered_at if self.answered_at is not None else self.left_at
+        if self.joined_at is not None and end is not None:
+            return round(max(0.0, end - self.joined_at), 3)
+        return self.hold_time
+
+    @property
+    def talk_s(self) -> float | None:
+        if self.answered_at is None:
+            return self.talk_time if self.agent is not None else None
+        if self.completed_at is None:
+            return self.talk_time
+        return round(max(0.0, self.completed_at - self.answered_at), 3)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "joined_at": self.joined_at,
+            "left_at": self.left_at,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "agent": self.agent,
+            "agent_id": self.agent_id,
+            "wait_s": self.wait_s,
+            "talk_s": self.talk_s,
+            "position": self.position,
+            "transferred_from": self.transferred_from,
+        }
+
+
+@dataclass(slots=True)
+class Transfer:
+    """A transfer away from an agent whose destination is not known yet."""
+
+    from_name: str | None
+    from_id: str | None
+    at: float | None
+    kind: str  # blind, attended
 
 
 @dataclass(slots=True)
@@ -41,69 +122,117 @@ class Call:
     legs: dict[str, Leg] = field(default_factory=dict)
     caller_num: str | None = None
     caller_name: str | None = None
-    queue: str | None = None  # first queue joined
     current_queue: str | None = None  # the queue it waits in now
     position: int | None = None
     priority: int | None = None
     arrived_at: float | None = None
-    queued_at: float | None = None
     offered_at: float | None = None
-    answered_at: float | None = None
-    left_queue_at: float | None = None
-    completed_at: float | None = None  # the agent's part ended (AgentComplete)
     ended_at: float | None = None
-    agent: str | None = None  # MemberName as Asterisk reported it
-    agent_id: str | None = None
-    agent_interface: str | None = None
-    hold_time: float | None = None  # app_queue's own HoldTime, for captures without Timestamp
-    talk_time: float | None = None  # app_queue's own TalkTime
-    abandoned: bool = False
     ended: bool = False
     seen_gap: bool = False  # part of its life fell in an AMI outage
+    segments: list[Segment] = field(default_factory=list)
     offers: dict[str, Offer] = field(default_factory=dict)
     vars: dict[str, str] = field(default_factory=dict)
+    transfer: Transfer | None = None  # a transfer whose destination is still to come
+    merged_into: str | None = None  # a consult call an attended transfer folded into another
+
+    # --- derived from the segments ------------------------------------------------------------
 
     @property
-    def outcome(self) -> Outcome | None:
-        """None for a call that never joined a queue (internal, outbound, IVR only)."""
-        if self.answered_at is not None or self.agent is not None:
-            return "answered"
-        if self.abandoned:
-            return "abandoned"
-        if self.queue is not None:
-            # Left the queue with no agent and without hanging up in it (timeout,
-            # empty queue), or ended during an outage while still waiting.
-            return "abandoned" if self.current_queue is not None else "unanswered"
+    def first_queued(self) -> Segment | None:
+        return next((s for s in self.segments if s.queue is not None), None)
+
+    @property
+    def owner(self) -> Segment | None:
+        """The segment of the first agent who answered: first-contact ownership."""
+        return next((s for s in self.segments if s.answered_at is not None or s.agent is not None), None)
+
+    @property
+    def current(self) -> Segment | None:
+        """The open segment: waiting, ringing or talking."""
+        if self.segments:
+            last = self.segments[-1]
+            if last.waiting or last.talking:
+                return last
         return None
 
     @property
+    def talking(self) -> Segment | None:
+        """The segment whose agent is on the call now."""
+        return next((s for s in reversed(self.segments) if s.talking), None)
+
+    @property
+    def queue(self) -> str | None:
+        """First queue joined."""
+        first = self.first_queued
+        return first.queue if first else None
+
+    @property
+    def queued_at(self) -> float | None:
+        first = self.first_queued
+        return first.joined_at if first else None
+
+    @property
+    def agent(self) -> str | None:
+        owner = self.owner
+        return owner.agent if owner else None
+
+    @property
+    def agent_id(self) -> str | None:
+        owner = self.owner
+        return owner.agent_id if owner else None
+
+    @property
+    def answered_at(self) -> float | None:
+        owner = self.owner
+        return owner.answered_at if owner else None
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """Over the whole call; None for a call that never queued nor reached an agent."""
+        if not self.segments:
+            return None
+        if any(s.outcome in ("answered", "transferred") or s.agent is not None for s in self.segments):
+            return "answered"
+        last = self.segments[-1]
+        if last.outcome == "abandoned" or (last.waiting and self.ended):
+            return "abandoned"
+        return "unanswered"
+
+    @property
     def wait_s(self) -> float | None:
-        """Queue join to answer or leaving; from timestamps, else app_queue's HoldTime."""
-        end = self.answered_at if self.answered_at is not None else self.left_queue_at
-        if self.queued_at is not None and end is not None:
-            return round(max(0.0, end - self.queued_at), 3)
-        return self.hold_time
+        """First join to the first answer (or to leaving the last segment)."""
+        if not self.segments:
+            return None
+        first, owner = self.segments[0], self.owner
+        end_seg = owner if owner is not None else self.segments[-1]
+        end = end_seg.answered_at if owner is not None else end_seg.left_at
+        if first.joined_at is not None and end is not None:
+            return round(max(0.0, end - first.joined_at), 3)
+        stop = self.segments.index(end_seg) + 1
+        holds = [s.hold_time for s in self.segments[:stop] if s.hold_time is not None]
+        return round(sum(holds), 3) if holds else None
 
     @property
     def talk_s(self) -> float | None:
-        if self.answered_at is None:
-            return self.talk_time if self.agent is not None else None
-        end = self.completed_at if self.completed_at is not None else self.ended_at
-        if end is None:
-            return self.talk_time
-        return round(max(0.0, end - self.answered_at), 3)
+        talks = [t for t in (s.talk_s for s in self.segments) if t is not None]
+        return round(sum(talks), 3) if talks else None
 
     def snapshot(self) -> dict[str, Any]:
+        talking = self.talking
+        outcome = self.outcome
         return {
             "linkedid": self.linkedid,
             "caller": self.caller_num,
             "caller_name": self.caller_name,
             "queue": self.queue,
+            "current_queue": self.current_queue,
             "position": self.position,
             "priority": self.priority,
             "agent": self.agent,
             "agent_id": self.agent_id,
-            "outcome": self.outcome if self.ended else None,
+            "current_agent_id": talking.agent_id if talking else None,
+            "outcome": outcome if self.ended or outcome == "answered" else None,
             "wait_s": self.wait_s,
             "talk_s": self.talk_s,
             "arrived_at": self.arrived_at,
@@ -113,7 +242,22 @@ class Call:
             "ended_at": self.ended_at,
             "ended": self.ended,
             "gap": self.seen_gap,
+            "segments": [s.snapshot() for s in self.segments],
         }
+
+
+@dataclass(slots=True)
+class Membership:
+    """A member's standing in one queue: app_queue keeps pause and counts per queue."""
+
+    paused: bool = False
+    paused_reason: str = ""
+    calls_taken: int = 0
+    penalty: int | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"paused": self.paused, "paused_reason": self.paused_reason, "calls_taken": self.calls_taken,
+                "penalty": self.penalty}
 
 
 @dataclass(slots=True)
@@ -124,12 +268,24 @@ class Member:
     name: str
     agent_id: str | None
     state_interface: str | None = None
-    status: int | None = None  # AST_DEVICE_* as app_queue reports it
-    paused: bool = False
-    paused_reason: str = ""
-    queues: set[str] = field(default_factory=set)
+    status: int | None = None  # AST_DEVICE_* as app_queue reports it: one device, so one status
+    queues: dict[str, Membership] = field(default_factory=dict)
     call: str | None = None  # Linkedid of the call the member is talking on
-    calls_taken: int = 0
+    last_call: str | None = None  # for an AgentComplete without channel fields after the hangup
+
+    @property
+    def paused(self) -> bool:
+        """Paused overall only when paused in every queue it is in: otherwise it still takes calls."""
+        return bool(self.queues) and all(m.paused for m in self.queues.values())
+
+    @property
+    def paused_reason(self) -> str:
+        reasons = {m.paused_reason for m in self.queues.values() if m.paused}
+        return reasons.pop() if self.paused and len(reasons) == 1 else ""
+
+    @property
+    def calls_taken(self) -> int:
+        return sum(m.calls_taken for m in self.queues.values())
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -139,7 +295,9 @@ class Member:
             "status": DEVICE_STATUS.get(self.status or 0, "unknown"),
             "paused": self.paused,
             "paused_reason": self.paused_reason,
+            "paused_in": sorted(q for q, m in self.queues.items() if m.paused),
             "queues": sorted(self.queues),
+            "memberships": {q: m.snapshot() for q, m in sorted(self.queues.items())},
             "call": self.call,
             "calls_taken": self.calls_taken,
         }
@@ -147,11 +305,14 @@ class Member:
 
 @dataclass(slots=True)
 class Queue:
+    """Counts are per visit: a call that visits two queues counts in each with its own outcome."""
+
     name: str
     waiting: dict[str, int] = field(default_factory=dict)  # Linkedid -> position
     answered: int = 0
     abandoned: int = 0
     unanswered: int = 0
+    transferred_in: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -160,6 +321,7 @@ class Queue:
             "answered": self.answered,
             "abandoned": self.abandoned,
             "unanswered": self.unanswered,
+            "transferred_in": self.transferred_in,
         }
 
 
