@@ -89,7 +89,7 @@ class CtiServer:
             await directory.replace_all(customers)
             log.info("directory.imported", source=str(cfg.directory.source), customers=len(customers))
 
-        self.hub = WebSocketHub(agents=self.agents.ids)
+        self.hub = WebSocketHub(agents=self.agents)
         sinks: list[Sink] = [self.hub]
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(config=cfg.mqtt)

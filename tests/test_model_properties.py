@@ -12,9 +12,11 @@ from tests.test_model_traces import AGENTS
 from tests.traces import trace_bytes
 
 EVENTS = ["AgentCalled", "AgentConnect", "AgentComplete", "Hangup", "QueueCallerJoin", "QueueCallerLeave",
-          "QueueCallerAbandon", "QueueMemberStatus", "Newchannel", "NewCallerid", "VarSet", "MadeUpEvent"]
+          "QueueCallerAbandon", "QueueMemberStatus", "Newchannel", "NewCallerid", "VarSet", "MadeUpEvent",
+          "BlindTransfer", "AttendedTransfer", "DialBegin", "DialEnd", "BridgeEnter", "Newexten", "QueueMemberPause"]
 KEYS = ["Linkedid", "Uniqueid", "Queue", "Interface", "MemberName", "Position", "HoldTime", "Timestamp",
-        "Status", "CallerIDNum", "Channel"]
+        "Status", "CallerIDNum", "Channel", "DestChannel", "DialStatus", "Application", "Context", "Exten",
+        "Extension", "Variable", "Value", "Paused", "TransfererChannel", "DestType"]
 
 junk_message = st.builds(
     lambda event, fields: Message({"Event": event, **fields}),
@@ -37,7 +39,7 @@ def _rows(messages: list[Message]) -> list[dict]:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["basic", "abandon"]), st.data())
+@given(st.sampled_from(["basic", "abandon", "overflow", "blindxfer"]), st.data())
 def test_junk_between_real_events_changes_nothing_real(name: str, data: st.DataObject) -> None:
     real = _messages(name)
     junk = data.draw(st.lists(junk_message, max_size=25))

@@ -8,7 +8,7 @@ and notices the gap in ``seq``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Container
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -36,12 +36,12 @@ class WebSocketHub:
     def __init__(
         self,
         *,
-        agents: Collection[str],
+        agents: Container[str],
         send_timeout: float = 5.0,
         heartbeat: float = 20.0,
         allowed_origins: Collection[str] | None = None,
     ) -> None:
-        self._agents = frozenset(agents)
+        self._agents = agents  # the server's AgentRegistry: one list of agents for every part
         self._send_timeout = send_timeout
         self._heartbeat = heartbeat
         self._origins = frozenset(o.rstrip("/") for o in allowed_origins) if allowed_origins is not None else None
