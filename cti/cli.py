@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -16,6 +18,8 @@ from cti.config import Config, ConfigError, load_config
 from cti.logs import configure_logging
 
 DEFAULT_CONFIG = Path("config/cti.yaml")
+#: Signals that stop ``serve`` and ``demo`` the way Ctrl-C does (``kill``, systemd, a closed terminal).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _load(path: Path | None) -> Config:
@@ -23,6 +27,51 @@ def _load(path: Path | None) -> Config:
         return load_config(path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL fit to print: any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(unparseable URL)"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+
+
+def _run_until_stopped(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``; Ctrl-C, SIGTERM or SIGHUP cancel ``main``, so everything it started is stopped
+    and cleaned up by its own ``finally`` blocks and context managers (the demo's Redis, broker and folder)."""
+
+    async def guarded() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        stopped: list[int] = []
+
+        def stop(signum: int) -> None:
+            stopped.append(signum)
+            task.cancel()
+
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            await main
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+        finally:
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: asyncio.run cancelled main the same way
+        asyncio.run(guarded())
 
 
 config_option = click.option(
@@ -59,14 +108,14 @@ def serve(config_path: Path | None, log_format: str | None, log_level: str) -> N
     Connects to the AMI (reconnecting with backoff and resynchronising after every
     reconnect), Redis and the MQTT broker, and serves the agent pages, the
     WebSocket push endpoint, /api/calls, /healthz and /metrics on http.host:port.
+    Ctrl-C, SIGTERM and SIGHUP stop it cleanly.
     """
     from cti.app import StartupError, run_server
 
     config = _load(config_path)
     configure_logging(log_format or config.log_format, log_level)  # type: ignore[arg-type]
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_server(config))
+        _run_until_stopped(run_server(config))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -82,7 +131,8 @@ def demo(config_path: Path | None, http_port: int | None, calls_per_minute: floa
     """Run the simulator, a private Redis and MQTT broker, and the server, all on 127.0.0.1.
 
     Open the printed URL: each agent has a page where screen pops arrive as the
-    simulated callers are queued and offered. Stop with Ctrl-C.
+    simulated callers are queued and offered. Stop with Ctrl-C (or SIGTERM, SIGHUP):
+    the private Redis and broker are stopped and their temporary folder removed.
     """
     from cti.app import StartupError, run_demo
     from cti.devservices import ServiceError
@@ -98,8 +148,7 @@ def demo(config_path: Path | None, http_port: int | None, calls_per_minute: floa
     if http_port is not None:
         updates["http"] = config.http.model_copy(update={"port": http_port})
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_demo(config.model_copy(update=updates)))
+        _run_until_stopped(run_demo(config.model_copy(update=updates)))
     except (StartupError, ServiceError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -107,6 +156,45 @@ def demo(config_path: Path | None, http_port: int | None, calls_per_minute: floa
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
     while chunk := stream.read(1 << 16):
         yield chunk
+
+
+class _NotACapture(Exception):
+    """The file given to ``cti replay`` is not AMI traffic; the message says what it seems to be."""
+
+
+#: How far into a file ``cti replay`` looks for a first AMI message before deciding it is something else.
+SNIFF_LIMIT = 1 << 20
+
+
+def _capture_chunks(stream: BinaryIO, name: str) -> Iterator[bytes]:
+    """The stream's chunks, passed on unchanged, raising :class:`_NotACapture` unless an AMI message with an
+    ``Event`` or ``Response`` key appears within :data:`SNIFF_LIMIT` bytes (decoded here with the public
+    codec, as the replay decodes them)."""
+    from cti.ami.codec import GREETING_PREFIX, Decoder, ProtocolError
+
+    decoder: Decoder | None = None
+    seen = 0
+    found = False
+    for chunk in _chunks(stream):
+        if not found:
+            if decoder is None:
+                if b"\0" in chunk[:4096]:
+                    raise _NotACapture(f"{name}: a binary file, not an AMI capture")
+                decoder = Decoder(expect_greeting=chunk.startswith(GREETING_PREFIX.encode()))
+            try:
+                messages = decoder.feed(chunk)
+            except ProtocolError as exc:
+                raise _NotACapture(f"{name}: not an AMI capture ({exc})") from None
+            found = any("Event" in m or "Response" in m for m in messages)
+            seen += len(chunk)
+            if not found and seen >= SNIFF_LIMIT:
+                raise _NotACapture(f"{name}: not an AMI capture: no AMI Event or Response message in its first "
+                                   f"{SNIFF_LIMIT >> 20} MiB")
+        yield chunk
+    if not found:
+        raise _NotACapture(f"{name}: empty, not an AMI capture" if seen == 0 and decoder is None else
+                           f"{name}: not an AMI capture: no AMI message with an Event or Response line in it "
+                           f"(cti replay reads the raw bytes an AMI client received)")
 
 
 @main.command()
@@ -119,13 +207,24 @@ def replay(capture: BinaryIO, config_path: Path | None) -> None:
     events, blank-line separated (CRLF or LF). Each line has linkedid, caller,
     queue, agent (the queue member name that answered), outcome (answered,
     abandoned, unanswered, or null for a call that never queued), wait_s and talk_s.
+    A file with no AMI Event or Response message in it (an image, a CSV, an empty
+    file) is refused with exit status 1.
     """
+    from cti.ami.codec import ProtocolError
     from cti.replay import replay_chunks
 
     config = _load(config_path)
     configure_logging("console", "ERROR")
+    name = getattr(capture, "name", "-")
+    name = "(stdin)" if name in ("-", "<stdin>") else str(name)
     out = sys.stdout
-    for row in replay_chunks(_chunks(capture), agents=config.agents):
+    try:
+        rows = list(replay_chunks(_capture_chunks(capture, name), agents=config.agents))
+    except _NotACapture as exc:
+        raise click.ClickException(str(exc)) from None
+    except ProtocolError as exc:
+        raise click.ClickException(f"{name}: not readable as AMI: {exc}") from None
+    for row in rows:
         out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -144,34 +243,89 @@ def directory() -> None:
     """The customer directory screen pops are filled from (kept in Redis)."""
 
 
+def _encoding(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    import codecs
+
+    if value is not None:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise click.BadParameter(f"unknown encoding {value!r} (e.g. utf-8, gb18030, big5, utf-16)") from None
+    return value
+
+
 @directory.command("import")
 @click.argument("source", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @config_option
-def directory_import(source: Path, config_path: Path | None) -> None:
-    """Replace the directory in Redis with SOURCE (.csv or .yaml); nothing changes if a row is bad."""
-    from cti.directory.importer import DirectoryImportError, load_customers
+@click.option("--encoding", default=None, callback=_encoding, metavar="NAME",
+              help="the file's text encoding (gb18030, big5, cp1252, ...); default: detected.")
+def directory_import(source: Path, config_path: Path | None, encoding: str | None) -> None:
+    """Replace the directory in Redis with SOURCE; nothing changes if a row is bad.
+
+    SOURCE is a .csv (or tab-separated .tsv/.txt) with a header row of column
+    names, or a .yaml list. Its text encoding is detected: a byte-order mark
+    (UTF-8, or UTF-16 as Excel's "Unicode text"), else UTF-8, else GB18030 (GBK,
+    as a Chinese Excel saves CSV); --encoding NAME overrides.
+
+    Redis is the one in the config (redis.url, redis.key_prefix; CTI_REDIS__URL
+    and other CTI_* variables override it, as for the server).
+
+    A phone number that several customers list is ambiguous: it is reported
+    (the number and the customer ids, on stderr), those customers are imported,
+    but calls from that number pop no customer record until it belongs to one
+    customer. The exit status stays 0.
+    """
+    from cti.directory.importer import DirectoryEncodingError, DirectoryImportError, load_directory
+    from cti.directory.store import shared_numbers
 
     config = _load(config_path)
-    configure_logging("console", "WARNING")
+    configure_logging("console", "ERROR")  # the command reports for itself
     try:
-        customers = load_customers(source)
+        loaded = load_directory(source, encoding=encoding)
+    except DirectoryEncodingError as exc:
+        raise click.ClickException(f"{exc}, or name the encoding: cti directory import --encoding NAME "
+                                   f"(e.g. gb18030, big5, shift_jis, cp1252)") from None
     except DirectoryImportError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(str(exc)) from None
+    url = _redacted(config.redis.url)
 
     async def _import() -> int:
         import redis.asyncio as aioredis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
         from cti.directory.store import RedisDirectory
 
-        client = aioredis.from_url(config.redis.url)
+        try:
+            client = aioredis.from_url(config.redis.url, socket_connect_timeout=5, socket_timeout=30)
+        except ValueError as exc:
+            raise click.ClickException(f"redis.url {url} is not a Redis URL ({_one_line(exc)}): set redis.url "
+                                       f"in the config (-c PATH) or CTI_REDIS__URL") from None
         try:
             store = RedisDirectory(client, key_prefix=config.redis.key_prefix)
-            await store.replace_all(customers)
-            return await store.count()
+            await client.ping()
+            return await store.replace_all(loaded.customers)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise click.ClickException(
+                f"cannot reach Redis at {url} ({_one_line(exc)}); nothing imported: start Redis, or point the "
+                f"import at yours with -c PATH (redis.url) or CTI_REDIS__URL") from None
+        except RedisError as exc:
+            raise click.ClickException(f"Redis at {url} refused the import ({_one_line(exc)}); nothing "
+                                       f"imported") from None
         finally:
-            await client.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
-    click.echo(f"imported {asyncio.run(_import())} customers from {source}")
+    count = asyncio.run(_import())
+    click.echo(f"imported {count} customers from {source} ({loaded.encoding}) into {url}")
+    shared = shared_numbers(loaded.customers)
+    for number, ids in shared.items():
+        click.echo(f"warning: number {number} is listed by customers {', '.join(ids)}: calls from it pop no "
+                   f"customer record until one customer has it", err=True)
+    if shared:
+        click.echo(f"warning: {len(shared)} shared number(s) left unmatched; the other numbers of those "
+                   f"customers match as usual", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,11 @@ and can never pair a number with a record from another import.
 private keys, then swaps it in with RENAMEs inside MULTI/EXEC: a lookup sees the
 old directory or the new one, never a mix, and several servers may import
 concurrently (the last EXEC wins).
+
+A number that several customers list (:func:`shared_numbers`) is ambiguous, like
+a shared suffix: it is left out of ``numbers`` and ``suffixes``, so a call from it
+pops no customer record rather than one picked at random; the customers are
+imported all the same and their other numbers match.
 """
 
 from __future__ import annotations
@@ -23,13 +28,22 @@ from redis.typing import EncodableT, FieldT
 from cti.directory.models import Customer
 from cti.directory.numbers import normalise_number, number_suffix
 
-__all__ = ["RedisDirectory"]
+__all__ = ["RedisDirectory", "shared_numbers"]
 
 log = structlog.get_logger(__name__)
 
 _PARTS = ("customers", "numbers", "suffixes")
 #: Staging keys of an import that died half-way expire instead of lingering.
 _STAGING_TTL_S = 3600
+
+
+def shared_numbers(customers: Iterable[Customer]) -> dict[str, list[str]]:
+    """Each normalised number more than one customer lists, with those customers' ids in order."""
+    owners: dict[str, list[str]] = {}
+    for customer in customers:
+        for number in customer.numbers:
+            owners.setdefault(number, []).append(customer.id)
+    return {number: ids for number, ids in owners.items() if len(ids) > 1}
 
 
 class RedisDirectory:
@@ -42,6 +56,8 @@ class RedisDirectory:
 
     async def replace_all(self, customers: Iterable[Customer]) -> int:
         """Atomically replace the whole directory; returns how many customers it now holds."""
+        customers = list(customers)
+        shared = shared_numbers(customers)
         records: dict[str, str] = {}
         by_number: dict[str, str] = {}
         suffix_owners: dict[str, set[str]] = {}
@@ -52,11 +68,11 @@ class RedisDirectory:
             record = customer.model_dump_json()
             records[customer.id] = record
             for number in customer.numbers:
-                if number in by_number:
-                    raise ValueError(f"number {number} belongs to more than one customer")
-                by_number[number] = record
+                if number not in shared:
+                    by_number[number] = record
                 suffix = number_suffix(number)
                 if suffix is not None:
+                    # A shared number has several owners here too, so its suffix is ambiguous as well.
                     suffix_owners.setdefault(suffix, set()).add(customer.id)
                     suffix_record[suffix] = record
         suffixes = {s: suffix_record[s] for s, owners in suffix_owners.items() if len(owners) == 1}
@@ -80,6 +96,10 @@ class RedisDirectory:
             await pipe.execute()
         log.info("directory.replaced", customers=len(records), numbers=len(by_number),
                  ambiguous_suffixes=len(suffix_owners) - len(suffixes))
+        if shared:
+            log.warning("directory.shared_numbers", count=len(shared),
+                        numbers={n: ids for n, ids in list(shared.items())[:20]},
+                        effect="calls from these numbers pop no customer record")
         return len(records)
 
     async def lookup(self, number: str | None) -> Customer | None:

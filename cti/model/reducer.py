@@ -394,7 +394,9 @@ class CallModel:
         """A ``QueueCallerAbandon`` is an abandon only if no ``QUEUESTATUS`` follows it."""
         seg = call.segments[-1] if call.segments else None
         if seg is not None and seg.left_pending:
-            self._close_waiting(call, seg, seg.left_at or ts, out, outcome="abandoned" if hung_up else "unanswered")
+            reason = None if hung_up or seg.queue is not None else "cancelled"
+            self._close_waiting(call, seg, seg.left_at or ts, out, outcome="abandoned" if hung_up else "unanswered",
+                                reason=reason)
 
     def _answer(self, call: Call, seg: Segment, target: Target, ts: float | None) -> None:
         seg.outcome = "answered"
@@ -549,7 +551,7 @@ class CallModel:
                 if status == "ANSWER":
                     self._answer_direct(call, key, offer, ts, out)
                 else:
-                    self._direct_failed(call, key, offer, ts, out, status=status)
+                    self._direct_failed(call, key, offer, ts, out, status=status, leg=f.get("Uniqueid"))
                 return
 
     def _on_bridge_enter(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
@@ -597,17 +599,22 @@ class CallModel:
                         transferred_from_id=seg.transferred_from_id)
 
     def _direct_failed(self, call: Call, key: str, offer: Offer, ts: float | None, out: list[DomainEvent], *,
-                       status: str) -> None:
+                       status: str, leg: str | None) -> None:
+        """A direct ring that failed. ``CANCEL`` is the caller hanging up, or a second Redirect
+        taking the caller elsewhere (two CTI servers racing): the next event tells which."""
         del call.offers[key]
-        reason = _DIAL_FAILED.get(status, "caller_abandoned" if status == "CANCEL" else status.lower())
+        cancel = status == "CANCEL"
+        reason = "cancelled" if cancel else _DIAL_FAILED.get(status, status.lower())
         self._emit_call(out, ev.CALL_OFFER_WITHDRAWN, call, ts, offer.agent_id, reason=reason)
         seg = call.current
         if not call.offers:
             self._ringing_exten.discard(call.linkedid)
             if seg is not None and seg.waiting and seg.queue is None:
                 seg.left_at = ts
-                seg.outcome = "abandoned" if status == "CANCEL" else "unanswered"
-                seg.reason = reason
+                if cancel:
+                    seg.left_pending, seg.leg = True, leg
+                else:
+                    seg.outcome, seg.reason = "unanswered", reason
 
     # --- transfers ----------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+import html
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -30,15 +30,60 @@ class WebState:
 STATE = web.AppKey("state", WebState)
 
 
+#: Paths whose clients are programs: their 404s stay JSON (``error_id``), every other 404 is a page.
+JSON_PREFIXES = ("/api/", "/ws/")
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.path.startswith(JSON_PREFIXES)
+
+
+def _page(title: str, message: str, links: Sequence[tuple[str, str]] = ()) -> str:
+    """A small HTML page; every piece of text is escaped (the agent id comes from the URL)."""
+    items = "".join(f'<li><a href="{html.escape(href)}">{html.escape(text)}</a></li>' for href, text in links)
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)} · CTI server</title>\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<link rel="stylesheet" href="/static/cti.css">\n</head>\n<body>\n'
+        f"<header><h1>{html.escape(title)}</h1></header>\n<main>\n"
+        f'<p class="notfound">{html.escape(message)}</p>\n'
+        + (f"<ul>{items}</ul>\n" if items else "")
+        + '<p><a href="/">Back to the overview</a></p>\n</main>\n</body>\n</html>\n'
+    )
+
+
+def _html_404(title: str, message: str, links: Sequence[tuple[str, str]] = ()) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=_page(title, message, links), content_type="text/html")
+
+
 def _agent_or_404(request: web.Request) -> AgentConfig:
     agent_id = request.match_info["agent"]
-    for agent in request.app[STATE].agents:
+    agents = request.app[STATE].agents
+    for agent in agents:
         if agent.id == agent_id:
             return agent
-    raise web.HTTPNotFound(
-        text=json.dumps({"error_id": "no-such-agent", "details": {"agent": agent_id[:64]}}),
-        content_type="application/json",
+    raise _html_404(
+        "No such agent",
+        f"There is no agent called \u201c{agent_id[:64]}\u201d on this server."
+        + (" The agents are:" if agents else " No agents are configured (agents[] in the config)."),
+        [(f"/agents/{a.id}", f"{a.name} ({a.id})") for a in agents],
     )
+
+
+@web.middleware
+async def not_found_pages(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """An unknown path is a readable page for people, and JSON under :data:`JSON_PREFIXES` for programs."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound as exc:
+        if exc.content_type in ("text/html", "application/json"):
+            raise  # a handler's own 404 page or JSON
+        if _wants_json(request):
+            return web.json_response({"error_id": "not-found", "message": "no such path",
+                                      "details": {"path": request.path[:200]}}, status=404)
+        raise _html_404("Page not found", f"Nothing lives at {request.path[:200]} on this server.") from None
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -73,7 +118,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_web_app(state: WebState, *, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[not_found_pages])
     app[STATE] = state
     app.add_routes([
         web.get("/", index),
