@@ -21,7 +21,11 @@ function showPop(env) {
   setText(card, ".company", c.company ? c.company + (c.company_tier ? " (" + c.company_tier + ")" : "") : null);
   setText(card, ".role", c.role);
   setText(card, ".manager", c.account_manager);
-  setText(card, ".queue", p.queue ? p.queue + (p.position ? " · position " + p.position : "") : null);
+  // The queue this agent was offered the call from (a second queue after a timeout, or none for a
+  // transfer straight to them), not the first queue the call ever joined.
+  const queue = p.offered_queue ?? p.answered_queue ?? p.current_queue ?? (p.transferred_from ? null : p.queue);
+  setText(card, ".queue", queue ? queue + (p.position ? " · position " + p.position : "") : null);
+  setText(card, ".from", p.transferred_from ? "transferred by " + p.transferred_from : null);
   const wait = p.wait_so_far_s ?? p.wait_s;
   setText(card, ".wait", wait == null ? null : Math.round(wait) + " s");
   setText(card, ".notes", c.notes);
@@ -39,7 +43,7 @@ function logLine(env) {
 async function currentCall() {
   try {
     const state = await fetch("/api/calls").then(r => r.json());
-    const call = state.calls.find(c => c.agent_id === agent);
+    const call = state.calls.find(c => c.current_agent_id === agent);
     if (call && lastSeq === 0) showPop({type: "call.answered", payload: call});
   } catch (e) { /* the WebSocket brings the next event anyway */ }
 }
@@ -55,7 +59,9 @@ function connect() {
     lastSeq = Math.max(lastSeq, env.seq || 0);
     logLine(env);
     if (env.type === "agent.state") {
-      $("#state").textContent = env.payload.paused ? "paused" : env.payload.status.replace(/_/g, " ");
+      const st = env.payload;
+      $("#state").textContent = st.paused ? "paused" + (st.paused_reason ? " (" + st.paused_reason + ")" : "")
+        : st.status.replace(/_/g, " ") + (st.paused_in && st.paused_in.length ? " · paused in " + st.paused_in.join(", ") : "");
       return;
     }
     showPop(env);
