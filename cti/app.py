@@ -23,13 +23,14 @@ from cti.ami.client import AmiClient
 from cti.config import Config
 from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
-from cti.metrics import AMI_CONNECTED, AMI_EVENTS, LIVE_CALLS
+from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS
 from cti.model.reducer import CallModel
 from cti.pipeline import EventPipeline
 from cti.push.envelope import RedisSequencer
 from cti.push.mqtt import MqttSink
 from cti.push.notifier import AgentNotifier, Sink
 from cti.push.ws import WebSocketHub
+from cti.supervise import Supervisor
 from cti.web import build_web_app
 from cti.web.routes import WebState
 
@@ -58,6 +59,10 @@ class CtiServer:
         self.hub: WebSocketHub
         self.mqtt: MqttSink | None = None
         self.notifier: AgentNotifier
+        self.supervisor: Supervisor
+        self.redis_ok = False
+        self.redis_error: str | None = None
+        self._redis: aioredis.Redis
 
     async def __aenter__(self) -> CtiServer:
         try:
@@ -74,12 +79,13 @@ class CtiServer:
 
     async def _start(self) -> None:
         cfg = self.config
-        redis = aioredis.from_url(cfg.redis.url, socket_timeout=5, socket_connect_timeout=5)
+        redis = self._redis = aioredis.from_url(cfg.redis.url, socket_timeout=5, socket_connect_timeout=5)
         self._stack.push_async_callback(redis.aclose)
         try:
             await redis.ping()
         except (RedisError, OSError) as exc:
             raise StartupError(f"Redis at {cfg.redis.url} is not reachable: {exc}") from exc
+        self.redis_ok = True
         directory = RedisDirectory(redis, key_prefix=cfg.redis.key_prefix)
         if cfg.directory.source is not None:
             try:
@@ -113,14 +119,17 @@ class CtiServer:
         self.http_port = int(runner.addresses[0][1])
 
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self._tasks.append(group.create_task(self.notifier.run(), name="cti.notifier"))
-        self._tasks.append(group.create_task(self.pipeline.run(), name="cti.lookups"))
-        self._tasks.append(group.create_task(self.ami.run(), name="cti.ami"))
+        self.supervisor = sup = Supervisor(group)
+        self._tasks.append(sup.start("cti.notifier", self.notifier.run))
+        self._tasks.append(sup.start("cti.lookups", self.pipeline.run))
+        self._tasks.append(sup.start("cti.ami", self.ami.run))
         if self.mqtt is not None:
-            self._tasks.append(group.create_task(self.mqtt.run(), name="cti.mqtt"))
-        self._tasks.append(group.create_task(self._gauges(), name="cti.gauges"))
+            self._tasks.append(sup.start("cti.mqtt", self.mqtt.run))
+        self._tasks.append(sup.start("cti.gauges", self._gauges))
+        self._tasks.append(sup.start("cti.redis_watch", self._watch_redis))
         if cfg.ami.resync_interval > 0:
-            self._tasks.append(group.create_task(self._periodic_resync(cfg.ami.resync_interval), name="cti.resync"))
+            interval = cfg.ami.resync_interval
+            self._tasks.append(sup.start("cti.resync", lambda: self._periodic_resync(interval)))
         log.info("server.started", http=f"http://{cfg.http.host}:{self.http_port}/",
                  ami=f"{cfg.ami.host}:{cfg.ami.port}", agents=len(cfg.agents))
 
@@ -132,19 +141,51 @@ class CtiServer:
             LIVE_CALLS.set(len(self.model.calls))
             AMI_EVENTS.inc(self.ami.stats.events - counted)
             counted = self.ami.stats.events
+            for name, ok in self._components().items():
+                COMPONENT_UP.labels(name).set(1 if ok else 0)
             await asyncio.sleep(1)
+
+    async def _watch_redis(self, interval: float = 1.0) -> None:
+        """Redis answers a PING within a second, or /healthz says it does not."""
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    await self._redis.ping()
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.redis_ok:
+                    log.error("redis.down", error=repr(exc))
+                self.redis_ok, self.redis_error = False, repr(exc)
+            else:
+                if not self.redis_ok:
+                    log.info("redis.up")
+                self.redis_ok, self.redis_error = True, None
+            await asyncio.sleep(interval)
 
     async def _periodic_resync(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             self.ami.request_resync()
 
+    def _components(self) -> dict[str, bool]:
+        parts = {"ami": bool(self.ami.connected) and self.pipeline.synced, "redis": self.redis_ok}
+        if self.mqtt is not None:
+            parts["mqtt"] = self.mqtt.connected
+        for name, task in self.supervisor.tasks.items():
+            parts[name] = task.state == "running"
+        return parts
+
     def health(self) -> dict[str, Any]:
+        """Every part the push path needs, each with its state; ``ok`` only when all are up."""
         connected = bool(self.ami.connected)
         return {
-            "ok": connected and self.pipeline.synced,
+            "ok": all(self._components().values()),
             "ami_connected": connected,
             "model_synced": self.pipeline.synced,
+            "redis": {"ok": self.redis_ok, "error": self.redis_error},
+            "mqtt": None if self.mqtt is None else {"connected": self.mqtt.connected, "pending": self.mqtt.pending},
+            "notifier": {"backlog": self.notifier.backlog},
+            "websocket": {"connections": self.hub.connections(), "slow_closed": self.hub.slow_closed},
+            "tasks": self.supervisor.snapshot(),
             "live_calls": len(self.model.calls),
             "uptime_s": round(time.time() - self.started_at, 1),
         }

@@ -14,3 +14,5 @@ POP_LATENCY = Histogram(
 PUSHES = Counter("cti_pushes_total", "Envelopes handed to a transport", ["transport"])
 LIVE_CALLS = Gauge("cti_live_calls", "Calls the model holds now")
 AMI_CONNECTED = Gauge("cti_ami_connected", "1 while logged in to the AMI")
+COMPONENT_UP = Gauge("cti_component_up", "1 while a part /healthz checks is up (ami, redis, mqtt, each task)",
+                     ["component"])

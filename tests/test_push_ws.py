@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket
 from typing import Any
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from cti.push.envelope import Envelope
@@ -72,3 +76,62 @@ async def test_closed_socket_is_forgotten_and_close_all(aiohttp_client: Any) -> 
     assert msg.type is WSMsgType.CLOSE
     await ws.close()
     assert hub.connections() == 0
+
+
+async def _stalled_client(port: int, agent: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client that completes the handshake and then never reads (a frozen browser tab)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws/agents/{agent} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def test_a_client_that_stops_reading_only_delays_itself() -> None:
+    """Frames for a stalled agent pile up in that socket's own queue: publish never waits on it,
+    every other agent gets every frame in order, and the stalled socket is closed (1013)."""
+    hub = WebSocketHub(agents={"busy", "ok"}, send_timeout=0.2, max_queue=100_000)
+    app = web.Application()
+    hub.add_routes(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        _, stalled = await _stalled_client(port, "busy")
+        url = f"http://127.0.0.1:{port}/ws/agents/ok"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ok:
+            assert (await ok.receive_json(timeout=5))["type"] == "hello"
+            await _wait_registered(hub, "busy")
+            await _wait_registered(hub, "ok")
+            big = {"notes": "x" * 16_000}
+            got: list[int] = []
+
+            async def read_ok() -> None:
+                while len(got) < 400:
+                    got.append(Envelope.from_json((await ok.receive(timeout=10)).data).seq)
+
+            reader = asyncio.create_task(read_ok(), name="test.read_ok")
+            for seq in range(1, 401):
+                publishing = asyncio.ensure_future(hub.publish(Envelope(type="call.offered", agent="busy", seq=seq,
+                                                                        payload=big)))
+                await asyncio.sleep(0)
+                assert publishing.done(), "publish must not wait on a client"
+                await hub.publish(Envelope(type="call.offered", agent="ok", seq=seq, payload=big))
+                await asyncio.sleep(0)
+            await asyncio.wait_for(reader, 30)
+            assert got == list(range(1, 401)), "the reading agent got everything, in order"
+            async with asyncio.timeout(30):
+                while hub.connections("busy"):  # noqa: ASYNC110 - bounded poll of a count, test only
+                    await asyncio.sleep(0.05)
+            assert hub.slow_closed == 1 and hub.connections("ok") == 1
+        stalled.close()
+    finally:
+        await runner.cleanup()

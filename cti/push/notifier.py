@@ -90,7 +90,11 @@ class AgentNotifier:
         results = await asyncio.gather(*(sink.publish(envelope) for sink in self._sinks), return_exceptions=True)
         for sink, result in zip(self._sinks, results, strict=True):
             if isinstance(result, asyncio.CancelledError):
-                raise result
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise result
+                # A future inside the sink was cancelled under it (a transport closing), not this
+                # task: a failure of that sink, which must not end the push path for everyone.
             if isinstance(result, BaseException):
                 # One broken transport must not cost the agent the pop on the others.
                 log.error("push.sink_failed", sink=type(sink).__name__, agent=envelope.agent, seq=envelope.seq,

@@ -1,14 +1,19 @@
 """Push envelopes to agents' browsers over ``GET /ws/agents/{agent}``.
 
-The same envelope as MQTT, one text frame each.  A client that cannot keep up
-is closed rather than allowed to hold up the pop to everyone else; it reconnects
-and notices the gap in ``seq``.
+The same envelope as MQTT, one text frame each. ``publish`` never waits on a
+client: each connection has its own bounded queue and writer task (inside the
+connection's handler), so a client that stops reading only ever delays itself.
+One that cannot take a frame within ``send_timeout``, or falls ``max_queue``
+frames behind, is closed with 1013 (try again later); it reconnects and notices
+the gap in ``seq``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Collection, Container
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -22,6 +27,18 @@ __all__ = ["WS_PATH", "WebSocketHub"]
 log = structlog.get_logger(__name__)
 
 WS_PATH: Final = "/ws/agents/{agent}"
+
+
+@dataclass(eq=False, slots=True)
+class _Conn:
+    """One open socket: what is still to be sent to it, and the writer's wake-up."""
+
+    agent: str
+    ws: web.WebSocketResponse
+    request: web.BaseRequest
+    queue: deque[tuple[str, int]] = field(default_factory=deque)  # (text, seq)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
 
 
 class WebSocketHub:
@@ -38,14 +55,17 @@ class WebSocketHub:
         *,
         agents: Container[str],
         send_timeout: float = 5.0,
+        max_queue: int = 1000,
         heartbeat: float = 20.0,
         allowed_origins: Collection[str] | None = None,
     ) -> None:
         self._agents = agents  # the server's AgentRegistry: one list of agents for every part
         self._send_timeout = send_timeout
+        self._max_queue = max_queue
         self._heartbeat = heartbeat
         self._origins = frozenset(o.rstrip("/") for o in allowed_origins) if allowed_origins is not None else None
-        self._sockets: dict[str, dict[web.WebSocketResponse, web.BaseRequest]] = {}
+        self._conns: dict[str, set[_Conn]] = {}
+        self.slow_closed = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(WS_PATH, self.handle)]
@@ -60,8 +80,8 @@ class WebSocketHub:
 
     def connections(self, agent: str | None = None) -> int:
         if agent is not None:
-            return len(self._sockets.get(agent, ()))
-        return sum(len(s) for s in self._sockets.values())
+            return len(self._conns.get(agent, ()))
+        return sum(len(s) for s in self._conns.values())
 
     def _origin_ok(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -84,59 +104,92 @@ class WebSocketHub:
         await ws.prepare(request)
         await ws.send_json({"type": "hello", "agent": agent, "v": VERSION})
         # Registered after the hello, so the hello is always the first frame.
-        self._sockets.setdefault(agent, {})[ws] = request
+        conn = _Conn(agent, ws, request)
+        self._conns.setdefault(agent, set()).add(conn)
         log.info("ws.connected", agent=agent, peer=request.remote, sockets=self.connections(agent))
         try:
-            async for msg in ws:
-                if msg.type is WSMsgType.ERROR:
-                    log.warning("ws.error", agent=agent, error=repr(ws.exception()))
-                # Clients have nothing to tell us yet; text frames are ignored.
+            async with asyncio.TaskGroup() as group:
+                writer = group.create_task(self._writer(conn), name=f"cti.ws.writer.{agent}")
+                async for msg in ws:
+                    if msg.type is WSMsgType.ERROR:
+                        log.warning("ws.error", agent=agent, error=repr(ws.exception()))
+                    # Clients have nothing to tell us yet; text frames are ignored.
+                writer.cancel()
         finally:
-            self._forget(agent, ws)
+            self._forget(conn)
             log.info("ws.disconnected", agent=agent, peer=request.remote, code=ws.close_code)
         return ws
 
-    def _forget(self, agent: str, ws: web.WebSocketResponse) -> web.BaseRequest | None:
-        sockets = self._sockets.get(agent)
-        if sockets is None:
-            return None
-        request = sockets.pop(ws, None)
-        if not sockets:
-            del self._sockets[agent]
-        return request
+    def _forget(self, conn: _Conn) -> None:
+        conns = self._conns.get(conn.agent)
+        if conns is None:
+            return
+        conns.discard(conn)
+        if not conns:
+            del self._conns[conn.agent]
 
     async def publish(self, envelope: Envelope) -> None:
-        """Send to each of the agent's sockets concurrently; each send is bounded by ``send_timeout``."""
-        sockets = list(self._sockets.get(envelope.agent, ()))
-        if not sockets:
+        """Queue the frame for each of the agent's sockets; never waits on a client."""
+        conns = self._conns.get(envelope.agent)
+        if not conns:
             return
         text = envelope.to_json()
-        await asyncio.gather(*(self._send(envelope, ws, text) for ws in sockets))
+        for conn in list(conns):
+            if conn.closing:
+                continue
+            if len(conn.queue) >= self._max_queue:
+                log.warning("ws.slow_client_closed", agent=conn.agent, seq=envelope.seq, queued=len(conn.queue),
+                            why="queue_full")
+                self._close_slow(conn)
+                continue
+            conn.queue.append((text, envelope.seq))
+            conn.ready.set()
 
-    async def _send(self, envelope: Envelope, ws: web.WebSocketResponse, text: str) -> None:
-        try:
-            async with asyncio.timeout(self._send_timeout):
-                await ws.send_str(text)
-        except TimeoutError:
-            log.warning("ws.slow_client_closed", agent=envelope.agent, seq=envelope.seq)
-            await self._drop(envelope.agent, ws, WSCloseCode.TRY_AGAIN_LATER, b"too slow")
-        except (ConnectionError, RuntimeError) as exc:  # closed under us / closing
-            log.info("ws.send_failed", agent=envelope.agent, seq=envelope.seq, error=repr(exc))
-            await self._drop(envelope.agent, ws, WSCloseCode.GOING_AWAY, b"")
+    async def _writer(self, conn: _Conn) -> None:
+        """Send the connection's frames in order; a frame not taken in time closes it."""
+        while True:
+            if conn.closing:
+                await self._close(conn, WSCloseCode.TRY_AGAIN_LATER, b"too slow")
+                return
+            if not conn.queue:
+                conn.ready.clear()
+                await conn.ready.wait()
+                continue
+            text, seq = conn.queue[0]
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await conn.ws.send_str(text)
+            except TimeoutError:
+                log.warning("ws.slow_client_closed", agent=conn.agent, seq=seq, queued=len(conn.queue),
+                            why="send_timeout")
+                self._close_slow(conn)
+                continue
+            except (ConnectionError, RuntimeError) as exc:  # closed under us / closing
+                log.info("ws.send_failed", agent=conn.agent, seq=seq, error=repr(exc))
+                return
+            conn.queue.popleft()
 
-    async def _drop(self, agent: str, ws: web.WebSocketResponse, code: int, message: bytes) -> None:
-        request = self._forget(agent, ws)
-        try:
-            async with asyncio.timeout(1.0):
-                await ws.close(code=code, message=message)
-        except (TimeoutError, ConnectionError, RuntimeError):
-            # A client too slow to take a frame will not take a close frame either.
-            transport = request.transport if request is not None else None
-            if transport is not None:
-                transport.abort()
+    def _close_slow(self, conn: _Conn) -> None:
+        """Close with 1013 a client that does not keep up; its writer does the closing."""
+        conn.closing = True
+        conn.queue.clear()
+        self.slow_closed += 1
+        self._forget(conn)
+        conn.ready.set()
 
     async def close_all(self) -> None:
         """App shutdown: tell every client we are going away (they reconnect to another server)."""
-        pairs = [(agent, ws) for agent, sockets in self._sockets.items() for ws in sockets]
-        await asyncio.gather(*(self._drop(agent, ws, WSCloseCode.GOING_AWAY, b"server shutdown")
-                               for agent, ws in pairs))
+        conns = [conn for group in self._conns.values() for conn in group]
+        await asyncio.gather(*(self._close(conn, WSCloseCode.GOING_AWAY, b"server shutdown") for conn in conns))
+
+    async def _close(self, conn: _Conn, code: int, message: bytes) -> None:
+        """A close frame, if the client takes it within a second; else the connection is cut."""
+        conn.closing = True
+        self._forget(conn)
+        try:
+            async with asyncio.timeout(1.0):
+                await conn.ws.close(code=code, message=message)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            transport = conn.request.transport
+            if transport is not None:
+                transport.abort()
