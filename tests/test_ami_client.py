@@ -452,6 +452,29 @@ async def test_backoff_resets_only_after_a_connection_that_stayed_up(
     assert failures[:2] == [1, second_failures]
 
 
+async def test_a_link_cut_again_and_again_is_retried_at_the_first_delay_each_time() -> None:
+    """AMI cut every 10 s: each session was up longer than a second, so no delay ever grows."""
+    rec = Recorder()
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 5.0  # every look at the clock is 5 s later: each session lasts 10 s
+        return now[0]
+
+    with capture_logs() as logs:
+        async with FakeAmi() as fake:
+            config = fake.config()
+            client = AmiClient(config=config, on_event=rec.on_event, on_connect=rec.on_connect, clock=clock)
+            async with running(client):
+                for n in range(1, 6):
+                    await until(lambda n=n: rec.connects == n, f"connection {n}")
+                    fake.drop()
+                await until(lambda: rec.connects == 6, "connection 6")
+    scheduled = [e for e in logs if e["event"] == "ami.reconnect_scheduled"]
+    assert [e["failures"] for e in scheduled[:5]] == [1] * 5
+    assert max(e["delay"] for e in scheduled[:5]) <= config.backoff_initial
+
+
 async def test_protocol_error_drops_and_reconnects() -> None:
     rec = Recorder()
     async with FakeAmi() as fake:

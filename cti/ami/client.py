@@ -46,6 +46,8 @@ from cti.config import AmiConfig
 
 __all__ = ["AmiClient", "AmiStats", "ConnectHandler", "EventHandler"]
 
+STABLE_AFTER_S = 1.0  # a logged-in session up this long resets the reconnect backoff
+
 EventHandler = Callable[[Message], Awaitable[None]]
 ConnectHandler = Callable[["AmiClient"], Awaitable[None]]
 
@@ -139,13 +141,15 @@ class AmiClient:
         stable_after: float | None = None,
         backlog_warning: int = 10_000,
     ) -> None:
-        """``stable_after``: a connection up this long resets the backoff (default 2 × ping_interval)."""
+        """``stable_after``: a session that logged in and stayed up this long resets the backoff
+        (default 1 s: a link cut every few seconds is retried at once every time, while a server
+        that drops each login at once still backs off)."""
         self._config = config
         self._on_event = on_event
         self._on_connect = on_connect
         self._rng = rng or random.Random()
         self._clock = clock
-        self._stable_after = 2 * config.ping_interval if stable_after is None else stable_after
+        self._stable_after = STABLE_AFTER_S if stable_after is None else stable_after
         self._backlog_warning = backlog_warning
         self._backoff = Backoff(config.backoff_initial, max(config.backoff_max, config.backoff_initial))
         self._log = structlog.get_logger(__name__).bind(host=config.host, port=config.port)
