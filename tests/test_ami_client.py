@@ -481,7 +481,8 @@ async def test_protocol_error_drops_and_reconnects() -> None:
         client = make(fake, rec)
         client_decoder_limit = 1 << 20
         async with running(client):
-            await fake.send(b"X" * (client_decoder_limit + 10))  # no end of message: oversized
+            line = b"X: " + b"x" * 97 + b"\r\n"
+            await fake.send(line * (client_decoder_limit // len(line) + 10))  # no end of message: oversized
             await until(lambda: fake.logins == 2, "reconnect after the protocol error")
             assert client.stats.malformed >= 1
 

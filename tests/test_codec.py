@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cti.ami.codec import Decoder, Message, ProtocolError, UnsafeValueError, encode_action
+from cti.ami.codec import MAX_VALUE, Decoder, Message, ProtocolError, UnsafeValueError, encode_action
 from tests.traces import NAMES, trace_bytes
 
 
@@ -107,3 +107,20 @@ def test_stray_blank_lines_between_messages_are_ignored() -> None:
     decoder = Decoder()
     assert [m.fields for m in decoder.feed(raw)[1:]] == [{"Event": "A"}, {"Event": "B", "X": "1"}]
     assert decoder.pending == 0
+
+
+def _event_with_huge_name(size: int) -> bytes:
+    return (b"Event: Newchannel\r\nChannel: PJSIP/trunk-00000001\r\nCallerIDNum: 13800000001\r\nCallerIDName: "
+            + b"N" * size + b"\r\nUniqueid: 1.1\r\nLinkedid: 1.1\r\n\r\nEvent: Hangup\r\nUniqueid: 1.1\r\n\r\n")
+
+
+@pytest.mark.parametrize("chunk", [1 << 30, 4096, 65536, 1000])
+def test_a_megabyte_value_is_truncated_and_the_link_survives(chunk: int) -> None:
+    data = b"Asterisk Call Manager/11.0.0\r\n" + _event_with_huge_name(1 << 20)
+    decoder, out = Decoder(), []
+    for i in range(0, len(data), chunk):
+        out += decoder.feed(data[i : i + chunk])
+    greeting, channel, hangup = out
+    assert channel.fields["CallerIDName"] == "N" * MAX_VALUE and decoder.truncated == 1
+    assert (channel.fields["Uniqueid"], channel.fields["Linkedid"]) == ("1.1", "1.1"), "later fields kept"
+    assert hangup.fields == {"Event": "Hangup", "Uniqueid": "1.1"} and decoder.pending == 0

@@ -6,6 +6,8 @@ next to each), not taken from the program's output.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cti.ami.codec import Decoder, Message
@@ -225,3 +227,23 @@ def test_pause_in_one_queue_leaves_the_other_alone() -> None:
     model.apply(_pause_event("support", False))
     assert not bob.paused and not bob.queues["support"].paused and bob.queues["sales"].paused
     assert bob.calls_taken == 27 * 2, "CallsTaken is per queue"
+
+
+# --- bad values ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e400", "-5", "abc"])
+def test_absurd_timestamps_and_durations_never_reach_a_snapshot(bad: str) -> None:
+    data = trace_bytes("basic").replace(b"Timestamp: 1795391526", b"Timestamp: " + bad.encode() + b"\r\nX: 1")
+    for key in (b"HoldTime: ", b"TalkTime: "):
+        data = data.replace(key + b"1", key + bad.encode()).replace(key + b"4", key + bad.encode())
+    model, out = CallModel(agents=AGENTS), []
+    for msg in Decoder().feed(data):
+        out += model.apply(msg, now=1795391526.5)
+    [call] = model.ended.values()
+    assert call.outcome == "answered" and call.agent_id == "bob"
+    for event in out:
+        json.dumps(event.data, allow_nan=False)  # raises on NaN / Infinity
+    json.dumps(model.snapshot(), allow_nan=False)
+    if bad != "abc":  # "abc" is no number at all: the field is simply not a timestamp
+        assert model.bad_values["Timestamp"] > 0

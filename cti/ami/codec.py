@@ -113,6 +113,12 @@ class Message:
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+#: Longest header value kept; longer ones are cut here, so a 1 MB caller name costs neither
+#: the link nor the call's pop.
+MAX_VALUE = 8192
+_KEY_ROOM = 256
+
+
 @dataclass(slots=True)
 class Decoder:
     """Incremental AMI parser. ``feed()`` bytes as they arrive; get whole messages back.
@@ -123,13 +129,18 @@ class Decoder:
     """
 
     max_message_size: int = 1 << 20
+    max_value: int = MAX_VALUE
     expect_greeting: bool = True
+    truncated: int = 0  # values cut to ``max_value``
     _buffer: bytearray = field(default_factory=bytearray)
+    _skipping: bool = False  # inside an over-long line: drop bytes up to its end
     _eol: str = "\r\n"
     _sep: bytes = b"\r\n\r\n"
     _text_sep: str = "\r\n\r\n"
 
     def feed(self, data: bytes) -> list[Message]:
+        if self._skipping:
+            data = self._skip(data)
         buf = self._buffer
         buf += data
         out: list[Message] = []
@@ -160,12 +171,43 @@ class Decoder:
             for block in text.split(self._text_sep):
                 body = block.lstrip("\r\n") if block[:1] in ("\r", "\n") else block  # stray blank lines
                 if body:
-                    out.append(_parse(body, eol))
+                    msg = _parse(body, eol)
+                    if len(body) > self.max_value:  # one len per message: only then look at values
+                        self._truncate(msg)
+                    out.append(msg)
         # Blank lines between messages (some proxies add them) are not messages.
         while buf[:2] == b"\r\n" or buf[:1] == b"\n":
             del buf[: 2 if buf[:1] == b"\r" else 1]
+        if len(buf) > self.max_value:
+            self._cut_long_line()
         self._check_size()
         return out
+
+    def _cut_long_line(self) -> None:
+        """The unfinished line is over ``max_value``: keep its head, drop the rest as it comes.
+        The fields after it (Uniqueid, Linkedid come late in channel events) are kept."""
+        buf = self._buffer
+        start = buf.rfind(b"\n") + 1
+        keep = self.max_value + _KEY_ROOM  # the key too: the value is cut to max_value when parsed
+        if len(buf) - start > keep:
+            del buf[start + keep:]
+            self._skipping = True
+
+    def _skip(self, data: bytes) -> bytes:
+        nl = data.find(b"\n")
+        if nl < 0:
+            return b""
+        self._skipping = False
+        return self._eol.encode() + data[nl + 1:]
+
+    def _truncate(self, msg: Message) -> None:
+        limit = self.max_value
+        for key, value in msg.fields.items():
+            if len(value) > limit:
+                msg.fields[key] = value[:limit]
+                self.truncated += 1
+        if msg.repeated:
+            msg.repeated = [(k, v[:limit]) for k, v in msg.repeated]
 
     @property
     def pending(self) -> int:

@@ -43,6 +43,11 @@ _LEFT_STATUSES = frozenset({"TIMEOUT", "LEAVEEMPTY", "LEAVEUNAVAIL", "FULL", "JO
 #: DialEnd statuses of a direct ring, and what they mean for the segment.
 _DIAL_FAILED = {"NOANSWER": "ring_no_answer", "BUSY": "busy", "CONGESTION": "busy", "CHANUNAVAIL": "unavailable"}
 
+#: Timestamps outside [0, year 5138) or not finite (``nan``, ``inf``, ``1e400``) are refused.
+_MAX_SECONDS = 1e11
+#: A kind of bad value is logged the first time and then once per this many.
+_LOG_EVERY = 1000
+
 Handler = Callable[["CallModel", Message, "float | None", list[DomainEvent]], None]
 
 
@@ -67,10 +72,12 @@ def _int(value: str | None) -> int | None:
 
 
 def _float(value: str | None) -> float | None:
+    """A duration app_queue sends (HoldTime, TalkTime): finite and not negative, else unknown."""
     try:
-        return float(value) if value else None
+        number = float(value) if value else None
     except ValueError:
         return None
+    return number if number is not None and 0.0 <= number < _MAX_SECONDS else None
 
 
 class CallModel:
@@ -88,6 +95,7 @@ class CallModel:
         self._ringing_exten: set[str] = set()  # calls sent to an agent's extension, not yet answered
         self.unknown_events = 0
         self.malformed = 0
+        self.bad_values: dict[str, int] = {}
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -102,6 +110,9 @@ class CallModel:
         ts = msg.timestamp()
         if ts is None:
             ts = now
+        elif not 0.0 <= ts < _MAX_SECONDS:  # NaN fails this too
+            self._bad_value("Timestamp", name, msg.fields.get("Timestamp"))
+            ts = now
         out: list[DomainEvent] = []
         try:
             handler(self, msg, ts, out)
@@ -109,6 +120,13 @@ class CallModel:
             self.malformed += 1
             log.warning("ami.event.malformed", ami_event=name, error=repr(exc))
         return out
+
+    def _bad_value(self, key: str, event: str, value: str | None) -> None:
+        """Counted always, logged the first time and then once per ``_LOG_EVERY`` of a kind."""
+        seen = self.bad_values[key] = self.bad_values.get(key, 0) + 1
+        if seen % _LOG_EVERY == 1:
+            log.warning("ami.bad_value", key=key, ami_event=event, value=(value or "")[:40], seen=seen,
+                        action="ignored: the receive time is used")
 
     def resync(
         self, channels: Iterable[Message], queue_status: Iterable[Message], now: float, *, live_link: bool = False

@@ -5,6 +5,7 @@ const agent = decodeURIComponent(location.pathname.split("/").filter(Boolean).po
 const $ = (sel, root = document) => root.querySelector(sel);
 $("#agent").textContent = agent;
 let lastSeq = 0;
+let frameError = null;  // shown until a good frame arrives
 
 function setText(root, sel, value) { $(sel, root).textContent = value ?? "—"; }
 
@@ -51,9 +52,26 @@ async function currentCall() {
 function connect() {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/agents/" + encodeURIComponent(agent));
   ws.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "badge on"; };
-  ws.onclose = () => { $("#conn").textContent = "reconnecting…"; $("#conn").className = "badge off"; setTimeout(connect, 1000); };
+  ws.onclose = () => {
+    $("#conn").textContent = (frameError ? frameError + " — " : "") + "reconnecting…";
+    $("#conn").className = "badge off";
+    setTimeout(connect, 1000);
+  };
   ws.onmessage = (m) => {
-    const env = JSON.parse(m.data);
+    let env;
+    try {
+      env = JSON.parse(m.data);
+      if (!env || typeof env.type !== "string") throw new Error("no event type");
+    } catch (e) {
+      // Never swallow a frame: say so, and start again from a fresh connection and /api/calls.
+      frameError = "unreadable event (" + e.message + ")";
+      console.error("unreadable frame", m.data, e);
+      lastSeq = 0;
+      ws.close();
+      currentCall();
+      return;
+    }
+    frameError = null;
     if (env.type === "hello") return;
     if (env.seq && lastSeq && env.seq > lastSeq + 1) console.warn("missed events", lastSeq + 1, "to", env.seq - 1);
     lastSeq = Math.max(lastSeq, env.seq || 0);
