@@ -9,10 +9,10 @@ from tests.test_model_traces import AGENTS
 from tests.traces import trace_bytes
 
 
-def _until(name: str, event: str, nth: int = 1) -> tuple[CallModel, list[Message]]:
+def _until(name: str, event: str, nth: int = 1, agents: list | None = None) -> tuple[CallModel, list[Message]]:
     """A model fed up to (and including) the nth ``event``; the rest of the capture returned."""
     messages = Decoder().feed(trace_bytes(name))
-    model, seen = CallModel(agents=AGENTS), 0
+    model, seen = CallModel(agents=AGENTS if agents is None else agents), 0
     for i, msg in enumerate(messages):
         model.apply(msg)
         if msg.event == event:
@@ -72,6 +72,7 @@ def test_unknown_channels_become_calls_and_queue_entries_set_position() -> None:
     assert model.queues["support"].waiting == {"9.1": 1}
     [state] = [e for e in out if e.type == ev.AGENT_STATE]
     assert state.agent == "alice" and state.data["status"] == "not_in_use" and state.data["calls_taken"] == 3
+    assert state.data["resync"] is True, "tells the client it may have missed events"
 
 
 def test_freepbx_local_members_match_agents_by_extension() -> None:
@@ -103,3 +104,21 @@ def test_live_link_check_forgets_a_suspect_that_shows_up_again() -> None:
     model.resync(channels, [], now=2.0, live_link=True)
     assert model.resync([], [], now=3.0, live_link=True) == [], "one miss after a sighting is not two in a row"
     assert call.linkedid in model.calls
+
+
+def test_a_ring_that_ended_during_the_outage_is_withdrawn() -> None:
+    """overflow: cut while Dora rings for the sales caller; back after her AgentRingNoAnswer.
+    The caller still waits in sales, but no channel of the call is Dora's phone any more."""
+    from tests.test_model_segments import AGENTS as WITH_DORA
+
+    model, _ = _until("overflow", "AgentCalled", nth=4, agents=WITH_DORA)  # the 4th: Dora, in sales
+    [call] = [c for c in model.calls.values() if c.caller_num == "13800000610"]
+    assert [o.member_name for o in call.offers.values()] == ["Dora"]
+    caller_legs = [Message({"Event": "CoreShowChannel", "Channel": leg.channel, "Uniqueid": uid,
+                            "Linkedid": call.linkedid}) for uid, leg in call.legs.items() if "1009" not in leg.channel]
+    entry = Message({"Event": "QueueEntry", "Queue": "sales", "Position": "1", "Uniqueid": next(
+        uid for uid, leg in call.legs.items() if leg.channel.endswith(";2") and "ivr" in leg.channel), "Wait": "6"})
+    out = model.resync(caller_legs, [entry], now=1795449930.0)
+    [withdrawn] = [e for e in out if e.type == ev.CALL_OFFER_WITHDRAWN]
+    assert withdrawn.agent == "dora" and withdrawn.data["reason"] == "gone_at_resync"
+    assert not call.offers and call.current_queue == "sales", "still waiting, no longer ringing Dora"

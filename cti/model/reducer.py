@@ -197,7 +197,27 @@ class CallModel:
                     left.position = None
                     left.seen_gap = True
                     self._answered_while_away(left, live, now, out)
+        self._stale_offers(live, now, out)
+        # Every agent gets its truth after an outage, once: what they may have missed is in here.
+        out[:] = [e for e in out if e.type != ev.AGENT_STATE]
+        for member in self.members.values():
+            if member.agent_id:
+                out.append(DomainEvent(ev.AGENT_STATE, None, now, {**member.snapshot(), "resync": True},
+                                       member.agent_id))
         return out
+
+    def _stale_offers(self, live: dict[str, Message], now: float, out: list[DomainEvent]) -> None:
+        """An offer whose ring ended while we could not see: no live channel of the call is
+        that agent's phone any more (or the call left the queue it rang from)."""
+        for call in self.calls.values():
+            if not call.offers:
+                continue
+            devices = {device_of(m.fields.get("Channel", "")) for uid, m in live.items() if uid in call.legs}
+            for key, offer in list(call.offers.items()):
+                gone = offer.device not in devices or (offer.queue is not None and call.current_queue != offer.queue)
+                if gone:
+                    del call.offers[key]
+                    self._emit_call(out, ev.CALL_OFFER_WITHDRAWN, call, now, offer.agent_id, reason="gone_at_resync")
 
     def _answered_while_away(self, call: Call, live: dict[str, Message], now: float,
                              out: list[DomainEvent]) -> None:
