@@ -33,12 +33,23 @@ def test_from_json_rejects(text: str) -> None:
 
 
 async def test_redis_sequencer_counts_per_agent_and_survives_a_new_instance(redis_client: aioredis.Redis) -> None:
-    seq = RedisSequencer(redis_client, key_prefix="t:")
-    assert [await seq.next("alice") for _ in range(3)] == [1, 2, 3]
-    assert await seq.next("bob") == 1
-    again = RedisSequencer(redis_client, key_prefix="t:")  # a restarted (or second) server
-    assert await again.next("alice") == 4
-    assert await redis_client.get("t:agent:alice:seq") == b"4"
+    seq = RedisSequencer(redis_client, key_prefix="t:", floor=lambda: 1000)
+    assert [await seq.next("alice") for _ in range(3)] == [1000, 1001, 1002]
+    assert await seq.next_many(["bob", "alice", "bob"]) == [1000, 1003, 1001]
+    again = RedisSequencer(redis_client, key_prefix="t:", floor=lambda: 5000)  # a restarted (or second) server
+    assert await again.next("alice") == 1004, "an existing counter goes on: the floor is for a missing key"
+    assert await redis_client.get("t:agent:alice:seq") == b"1004"
+
+
+async def test_sequence_never_goes_back_when_redis_loses_its_data(redis_client: aioredis.Redis) -> None:
+    clock = [1_000_000]
+    seq = RedisSequencer(redis_client, key_prefix="t:", floor=lambda: clock[0])
+    before = [await seq.next("alice") for _ in range(50)]
+    await redis_client.flushdb()  # a Redis without persistence restarted
+    await redis_client.script_flush()
+    clock[0] += 5_000  # restarted five seconds later
+    after = await seq.next_many(["alice", "alice"])
+    assert after[0] > before[-1] and after[1] == after[0] + 1
 
 
 class _Recorder:

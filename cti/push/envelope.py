@@ -9,8 +9,9 @@ several servers pushing to the same agent.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -94,22 +95,44 @@ class MemorySequencer:
         return [await self.next(agent) for agent in agents]
 
 
-class RedisSequencer:
-    """``INCR {prefix}agent:{agent}:seq``: atomic, so servers sharing Redis never hand out a number twice."""
+#: INCR, except that a key Redis does not have starts at the caller's floor (the clock in ms), not
+#: at 1: a Redis that lost its data (no persistence, a failover) never hands out a number again.
+_NEXT_SEQ = """
+local v = redis.call('INCR', KEYS[1])
+if v == 1 then
+  v = math.max(tonumber(ARGV[1]), 1)
+  redis.call('SET', KEYS[1], v)
+end
+return v
+"""
 
-    def __init__(self, redis: aioredis.Redis, *, key_prefix: str = "cti:") -> None:
+
+class RedisSequencer:
+    """Per-agent numbers in ``{prefix}agent:{agent}:seq``, atomic across servers sharing Redis.
+
+    They only ever go up, even across a Redis that lost its data: a missing key starts at the
+    clock in milliseconds (``floor``), which is past any number handed out before unless an agent
+    had more than a thousand events a second for its whole life. The jump tells a client it may
+    have missed events.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, key_prefix: str = "cti:",
+                 floor: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self._redis = redis
         self._prefix = key_prefix
+        self._floor = floor
+        self._script = redis.register_script(_NEXT_SEQ)
 
     def key(self, agent: str) -> str:
         return f"{self._prefix}agent:{agent}:seq"
 
     async def next(self, agent: str) -> int:
-        return int(await self._redis.incr(self.key(agent)))
+        return int(await self._script(keys=[self.key(agent)], args=[self._floor()]))
 
     async def next_many(self, agents: Sequence[str]) -> list[int]:
-        """Every INCR in one round trip: a burst of pops costs one wait on Redis, not one each."""
+        """Every number in one round trip: a burst of pops costs one wait on Redis, not one each."""
         pipe = self._redis.pipeline(transaction=False)
+        floor = self._floor()
         for agent in agents:
-            pipe.incr(self.key(agent))
+            await self._script(keys=[self.key(agent)], args=[floor], client=pipe)  # queued, not sent
         return [int(v) for v in await pipe.execute()]
