@@ -63,6 +63,8 @@ class CtiServer:
         self.redis_ok = False
         self.redis_error: str | None = None
         self._redis: aioredis.Redis
+        self.directory: RedisDirectory
+        self.customers = 0  # in the directory, as last counted
 
     async def __aenter__(self) -> CtiServer:
         try:
@@ -86,14 +88,13 @@ class CtiServer:
         except (RedisError, OSError) as exc:
             raise StartupError(f"Redis at {cfg.redis.url} is not reachable: {exc}") from exc
         self.redis_ok = True
-        directory = RedisDirectory(redis, key_prefix=cfg.redis.key_prefix)
+        directory = self.directory = RedisDirectory(redis, key_prefix=cfg.redis.key_prefix)
         if cfg.directory.source is not None:
             try:
-                customers = load_customers(cfg.directory.source)
+                await self._import_directory()
             except DirectoryImportError as exc:
                 raise StartupError(f"customer directory not loaded: {exc}") from exc
-            await directory.replace_all(customers)
-            log.info("directory.imported", source=str(cfg.directory.source), customers=len(customers))
+        self.customers = await directory.count()
 
         self.hub = WebSocketHub(agents=self.agents)
         sinks: list[Sink] = [self.hub]
@@ -145,21 +146,50 @@ class CtiServer:
                 COMPONENT_UP.labels(name).set(1 if ok else 0)
             await asyncio.sleep(1)
 
+    async def _import_directory(self) -> int:
+        source = self.config.directory.source
+        assert source is not None
+        customers = load_customers(source)
+        count = await self.directory.replace_all(customers)
+        log.info("directory.imported", source=str(source), customers=count)
+        return count
+
     async def _watch_redis(self, interval: float = 1.0) -> None:
-        """Redis answers a PING within a second, or /healthz says it does not."""
+        """Redis answers a PING within a second, or /healthz says it does not. A Redis that came
+        back without the directory (it did not persist) gets it again from ``directory.source``,
+        or the server says loudly that every pop now lacks its customer record."""
         while True:
             try:
                 async with asyncio.timeout(interval):
                     await self._redis.ping()
+                    count = await self.directory.count()
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.redis_ok:
                     log.error("redis.down", error=repr(exc))
                 self.redis_ok, self.redis_error = False, repr(exc)
             else:
                 if not self.redis_ok:
-                    log.info("redis.up")
+                    log.info("redis.up", customers=count)
                 self.redis_ok, self.redis_error = True, None
+                if count == 0 and self.customers:
+                    await self._directory_lost()
+                else:
+                    self.customers = count
             await asyncio.sleep(interval)
+
+    async def _directory_lost(self) -> None:
+        if self.config.directory.source is None:
+            log.error("directory.empty", had=self.customers,
+                      effect="pops carry no customer record until `cti directory import` is run again")
+            self.customers = 0
+            return
+        log.warning("directory.lost", had=self.customers, action="importing again", source=str(
+            self.config.directory.source))
+        try:
+            self.customers = await self._import_directory()
+        except DirectoryImportError as exc:
+            log.error("directory.reimport_failed", error=str(exc))
+            self.customers = 0
 
     async def _periodic_resync(self, interval: float) -> None:
         while True:
@@ -182,6 +212,7 @@ class CtiServer:
             "ami_connected": connected,
             "model_synced": self.pipeline.synced,
             "redis": {"ok": self.redis_ok, "error": self.redis_error},
+            "directory": {"customers": self.customers},
             "mqtt": None if self.mqtt is None else {"connected": self.mqtt.connected, "pending": self.mqtt.pending},
             "notifier": {"backlog": self.notifier.backlog},
             "websocket": {"connections": self.hub.connections(), "slow_closed": self.hub.slow_closed},

@@ -69,9 +69,10 @@ def _process(argv: list[str], port: int, name: str, workdir: Path) -> Iterator[s
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A redis-server on a free 127.0.0.1 port with no persistence; yields its URL."""
-    port = free_port()
+def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """A redis-server on 127.0.0.1 (a free port unless given: a restart on the same one) with no
+    persistence; yields its URL."""
+    port = port or free_port()
     argv = [_binary("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(workdir)]
     with _process(argv, port, "redis-server", workdir):

@@ -32,8 +32,10 @@ __all__ = ["CustomerLookup", "EventPipeline", "Notifier", "Subscriber"]
 log = structlog.get_logger(__name__)
 
 #: Domain events an agent's client receives.
-PUSHED = frozenset({ev.CALL_OFFERED, ev.CALL_OFFER_WITHDRAWN, ev.CALL_ANSWERED, ev.CALL_ENDED, ev.AGENT_STATE})
+PUSHED = frozenset({ev.CALL_OFFERED, ev.CALL_OFFER_WITHDRAWN, ev.CALL_ANSWERED, ev.CALL_ENDED, ev.AGENT_STATE,
+                    ev.CALL_UPDATED})
 LOOKUP_TIMEOUT_S = 1.0
+LOOKUP_RETRY_S = (1.0, 2.0, 5.0)  # then every 5 s while the call lasts
 
 
 class CustomerLookup(Protocol):
@@ -69,12 +71,18 @@ class ListActions(Protocol):
 
 @dataclass(slots=True)
 class _Customer:
-    """One call's directory record: pushes for the call wait in ``held`` until it is known."""
+    """One call's directory record: pushes for the call wait in ``held`` until it is known.
+
+    When the lookup failed (Redis away), the pushes go out without it, the lookup is retried
+    while the call lasts, and every agent told meanwhile gets a ``call.updated`` with it."""
 
     number: str | None
     done: bool = False
+    failed: bool = False
     record: dict[str, Any] | None = None
     held: list[tuple[str, str, dict[str, Any], Callable[[Any], None] | None]] = field(default_factory=list)
+    told: set[str] = field(default_factory=set)  # agents pushed to without the record, after a failure
+    last: dict[str, Any] = field(default_factory=dict)  # the call's latest snapshot
 
 
 class EventPipeline:
@@ -159,8 +167,12 @@ class EventPipeline:
             elif slot.done:
                 self._notifier.submit(event.agent, event.type, {**event.data, "customer": slot.record},
                                       on_sent=on_sent)
+                if slot.failed:
+                    slot.told.add(event.agent)
             else:
                 slot.held.append((event.agent, event.type, event.data, on_sent))
+        if slot is not None and call_event:
+            slot.last = event.data
         if event.type == ev.CALL_FINISHED:
             finished = self._customers.pop(linkedid, None)
             if finished is not None:
@@ -175,16 +187,41 @@ class EventPipeline:
         return slot
 
     async def _look_up(self, linkedid: str, slot: _Customer) -> None:
-        assert self._directory is not None and slot.number is not None
-        try:
-            async with asyncio.timeout(self._lookup_timeout):
-                customer = await self._directory.lookup(slot.number)
-        except Exception as exc:  # the pop goes out without the record rather than late or not at all
-            log.warning("directory.lookup_failed", linkedid=linkedid, number=slot.number, error=repr(exc))
-            customer = None
-        if customer is not None:
-            slot.record = customer.model_dump(mode="json") if hasattr(customer, "model_dump") else dict(customer)
-        self._release(slot)
+        assert slot.number is not None
+        retries = iter(LOOKUP_RETRY_S)
+        while True:
+            try:
+                slot.record = await self._fetch(slot.number)
+            except Exception as exc:  # the pop goes out without the record rather than late or not at all
+                if not slot.failed:
+                    log.warning("directory.lookup_failed", linkedid=linkedid, number=slot.number, error=repr(exc),
+                                action="pushed without the record; retrying while the call lasts")
+                    slot.failed = True
+                    slot.told.update(agent for agent, *_ in slot.held)
+                    self._release(slot)
+                await asyncio.sleep(next(retries, LOOKUP_RETRY_S[-1]))
+                if self._customers.get(linkedid) is not slot:
+                    return  # the call is over
+                continue
+            break
+        if not slot.failed:
+            self._release(slot)
+            return
+        slot.failed = False
+        log.info("directory.lookup_recovered", linkedid=linkedid, number=slot.number, found=slot.record is not None,
+                 agents=len(slot.told))
+        if slot.record is not None:
+            for agent in sorted(slot.told):
+                self._notifier.submit(agent, ev.CALL_UPDATED, {**slot.last, "customer": slot.record})
+        slot.told.clear()
+
+    async def _fetch(self, number: str) -> dict[str, Any] | None:
+        assert self._directory is not None
+        async with asyncio.timeout(self._lookup_timeout):
+            customer = await self._directory.lookup(number)
+        if customer is None:
+            return None
+        return customer.model_dump(mode="json") if hasattr(customer, "model_dump") else dict(customer)
 
     def _release(self, slot: _Customer) -> None:
         """Send the call's held pushes, in order, with the record (None if not found in time)."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from cti.devservices import free_port, redis_server
 from cti.push.envelope import Envelope, EnvelopeError, MemorySequencer, RedisSequencer
 from cti.push.notifier import AgentNotifier
 
@@ -72,3 +74,22 @@ async def test_notifier_gives_every_sink_the_same_envelope_despite_a_broken_one(
     env2 = await notifier.notify("alice", "call.answered", {"caller": "1"})
     assert (env1.seq, env2.seq) == (1, 2)
     assert first.got == second.got == [env1, env2]
+
+
+async def test_numbers_go_on_while_redis_is_away_and_redis_catches_up(tmp_path: Path) -> None:
+    clock = [2_000_000]
+    port = free_port()
+    client = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=1, socket_connect_timeout=1)
+    seq = RedisSequencer(client, key_prefix="t:", floor=lambda: clock[0], wait=0.5)
+    try:
+        with redis_server(tmp_path, port):
+            assert await seq.next_many(["alice", "alice"]) == [2_000_000, 2_000_001]
+        clock[0] += 3  # redis-server is gone: numbers come from here, never behind the last one
+        assert await seq.next_many(["alice", "bob"]) == [2_000_003, 2_000_003] and seq.local == 2
+        assert await seq.next("alice") == 2_000_004
+        with redis_server(tmp_path, port):  # back, and empty: it did not persist
+            back = await seq.next_many(["alice", "bob"])
+            assert back == [2_000_005, 2_000_004] and seq.local == 0, "Redis's counters caught up"
+            assert int(await client.get("t:agent:alice:seq")) == 2_000_005
+    finally:
+        await client.aclose()

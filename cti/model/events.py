@@ -17,6 +17,7 @@ CALL_OFFERED: Final = "call.offered"
 CALL_OFFER_WITHDRAWN: Final = "call.offer_withdrawn"
 CALL_ANSWERED: Final = "call.answered"
 CALL_LEFT_QUEUE: Final = "call.left_queue"
+CALL_UPDATED: Final = "call.updated"  # the customer record arrived late (Redis was away)
 CALL_ENDED: Final = "call.ended"  # an agent's part of a call is over (pushed to that agent)
 CALL_FINISHED: Final = "call.finished"  # the whole call is over: one per call, for KPIs and replay
 AGENT_STATE: Final = "agent.state"

@@ -8,6 +8,7 @@ several servers pushing to the same agent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -17,8 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
 
 __all__ = ["VERSION", "Envelope", "EnvelopeError", "MemorySequencer", "RedisSequencer", "Sequencer", "utc_now_iso"]
+
+log = structlog.get_logger(__name__)
 
 VERSION: Final = 1
 
@@ -96,43 +101,68 @@ class MemorySequencer:
 
 
 #: INCR, except that a key Redis does not have starts at the caller's floor (the clock in ms), not
-#: at 1: a Redis that lost its data (no persistence, a failover) never hands out a number again.
+#: at 1 (a Redis that lost its data never hands out a number again), and that a counter behind the
+#: numbers this server handed out while Redis was away (ARGV[2]) catches up with them.
 _NEXT_SEQ = """
 local v = redis.call('INCR', KEYS[1])
-if v == 1 then
-  v = math.max(tonumber(ARGV[1]), 1)
-  redis.call('SET', KEYS[1], v)
-end
-return v
+local want, floor, least = v, tonumber(ARGV[1]), tonumber(ARGV[2])
+if v == 1 and floor > want then want = floor end
+if least > want then want = least end
+if want ~= v then redis.call('SET', KEYS[1], want) end
+return want
 """
+REDIS_WAIT_S = 1.0
 
 
 class RedisSequencer:
     """Per-agent numbers in ``{prefix}agent:{agent}:seq``, atomic across servers sharing Redis.
 
-    They only ever go up, even across a Redis that lost its data: a missing key starts at the
-    clock in milliseconds (``floor``), which is past any number handed out before unless an agent
-    had more than a thousand events a second for its whole life. The jump tells a client it may
-    have missed events.
+    They only ever go up. A missing key starts at the clock in milliseconds (``floor``), which is
+    past any number handed out before unless an agent had more than a thousand events a second for
+    its whole life. While Redis does not answer within ``wait`` seconds, numbers come from the same
+    floor here (pops keep flowing) and Redis's counter is moved past them when it is back. The
+    jump tells a client it may have missed events.
     """
 
     def __init__(self, redis: aioredis.Redis, *, key_prefix: str = "cti:",
-                 floor: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 floor: Callable[[], int] = lambda: int(time.time() * 1000), wait: float = REDIS_WAIT_S) -> None:
         self._redis = redis
         self._prefix = key_prefix
         self._floor = floor
+        self._wait = wait
         self._script = redis.register_script(_NEXT_SEQ)
+        self._last: dict[str, int] = {}  # the last number this server handed out, per agent
+        self.local = 0  # numbers handed out while Redis was away
 
     def key(self, agent: str) -> str:
         return f"{self._prefix}agent:{agent}:seq"
 
     async def next(self, agent: str) -> int:
-        return int(await self._script(keys=[self.key(agent)], args=[self._floor()]))
+        return (await self.next_many([agent]))[0]
 
     async def next_many(self, agents: Sequence[str]) -> list[int]:
         """Every number in one round trip: a burst of pops costs one wait on Redis, not one each."""
-        pipe = self._redis.pipeline(transaction=False)
         floor = self._floor()
-        for agent in agents:
-            await self._script(keys=[self.key(agent)], args=[floor], client=pipe)  # queued, not sent
-        return [int(v) for v in await pipe.execute()]
+        try:
+            async with asyncio.timeout(self._wait), self._redis.pipeline(transaction=False) as pipe:
+                for agent in agents:
+                    least = self._last.get(agent, 0) + 1
+                    await self._script(keys=[self.key(agent)], args=[floor, least], client=pipe)  # queued
+                values = [int(v) for v in await pipe.execute()]
+        except (RedisError, OSError, TimeoutError) as exc:
+            values = []
+            for agent in agents:
+                value = max(self._last.get(agent, 0) + 1, floor)
+                self._last[agent] = value
+                values.append(value)
+            if not self.local:
+                log.error("push.sequence_local", error=repr(exc), why="Redis did not answer: numbering locally "
+                          "from the clock until it does")
+            self.local += len(agents)
+            return values
+        for agent, value in zip(agents, values, strict=True):
+            self._last[agent] = value
+        if self.local:
+            log.info("push.sequence_redis_back", numbered_locally=self.local)
+            self.local = 0
+        return values
