@@ -122,3 +122,19 @@ def test_a_ring_that_ended_during_the_outage_is_withdrawn() -> None:
     [withdrawn] = [e for e in out if e.type == ev.CALL_OFFER_WITHDRAWN]
     assert withdrawn.agent == "dora" and withdrawn.data["reason"] == "gone_at_resync"
     assert not call.offers and call.current_queue == "sales", "still waiting, no longer ringing Dora"
+
+
+def test_a_ring_that_started_while_we_were_away_pops_on_resync() -> None:
+    """ctiedge's CoreShowChannels (ActionID cap-22), read by a server that has just started:
+    caller 503 waits in Queue() and Bob's phone (Local/1002@sim-agents-...;1, AppQueue) rings."""
+    channels = [m for m in Decoder().feed(trace_bytes("ctiedge"))
+                if m.event == "CoreShowChannel" and m.fields.get("ActionID") == "cap-22"]
+    entry = Message({"Event": "QueueEntry", "Queue": "support", "Position": "1", "Uniqueid": "1795449821.21166",
+                     "Channel": "Local/s@cti-entry-00002957;2", "CallerIDNum": "13800000503", "Wait": "3"})
+    model = CallModel(agents=AGENTS)
+    out = model.resync(channels, [entry], now=1795449829.0)
+    [pop] = [e for e in out if e.type == ev.CALL_OFFERED]
+    assert (pop.agent, pop.linkedid, pop.data["offered_queue"]) == ("bob", "1795449821.21165", "support")
+    assert pop.data["while_disconnected"] and pop.data["wait_so_far_s"] == 3.0
+    again = model.resync(channels, [entry], now=1795449830.0)
+    assert not [e for e in again if e.type == ev.CALL_OFFERED], "popped once"

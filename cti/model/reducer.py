@@ -198,6 +198,7 @@ class CallModel:
                     left.seen_gap = True
                     self._answered_while_away(left, live, now, out)
         self._stale_offers(live, now, out)
+        self._ringing_now(live, now, out)
         # Every agent gets its truth after an outage, once: what they may have missed is in here.
         out[:] = [e for e in out if e.type != ev.AGENT_STATE]
         for member in self.members.values():
@@ -205,6 +206,32 @@ class CallModel:
                 out.append(DomainEvent(ev.AGENT_STATE, None, now, {**member.snapshot(), "resync": True},
                                        member.agent_id))
         return out
+
+    def _ringing_now(self, live: dict[str, Message], now: float, out: list[DomainEvent]) -> None:
+        """A ring that started while we could not see (an outage, a restart): the agent's phone is a
+        channel of the call in state Ringing. The agent gets the pop now, late rather than never."""
+        for uid, msg in live.items():
+            f = msg.fields
+            if f.get("ChannelState") != "5":
+                continue
+            call = self.calls.get(self._leg_call.get(uid, ""))
+            target = self._target_for_device(device_of(f.get("Channel", ""))) if call is not None else None
+            if call is None or target is None or target.interface.lower() in call.offers:
+                continue
+            if f.get("Application") == "AppQueue" and call.current_queue is not None:
+                queue = call.current_queue
+                call.offers[target.interface.lower()] = Offer(target.interface, target.name, target.agent_id,
+                                                              queue, now, target.device)
+                call.offered_at = call.offered_at or now
+                seg = call.current
+                waited = round(now - seg.joined_at, 3) if seg is not None and seg.joined_at is not None else None
+                self._emit_call(out, ev.CALL_OFFERED, call, now, target.agent_id, offered_queue=queue,
+                                member=target.name, wait_so_far_s=waited,
+                                transferred_from=seg.transferred_from if seg else None,
+                                transferred_from_id=seg.transferred_from_id if seg else None, while_disconnected=True)
+            elif call.current_queue is None:
+                self._offer_direct(call, target, now, out)
+            log.info("call.offered", linkedid=call.linkedid, member=target.name, while_disconnected=True)
 
     def _stale_offers(self, live: dict[str, Message], now: float, out: list[DomainEvent]) -> None:
         """An offer whose ring ended while we could not see: no live channel of the call is
