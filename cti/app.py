@@ -25,6 +25,7 @@ from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
 from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS
 from cti.model.reducer import CallModel
+from cti.model_store import ModelStore
 from cti.pipeline import EventPipeline
 from cti.push.envelope import RedisSequencer
 from cti.push.mqtt import MqttSink
@@ -102,7 +103,10 @@ class CtiServer:
             self.mqtt = MqttSink(config=cfg.mqtt)
             sinks.append(self.mqtt)
         self.notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks)
-        self.pipeline = EventPipeline(model=self.model, notifier=self.notifier, directory=directory)
+        self.store = ModelStore(redis, self.model, key_prefix=cfg.redis.key_prefix)
+        self.model.restore(await self.store.load())  # a restart resumes the calls it had
+        self.pipeline = EventPipeline(model=self.model, notifier=self.notifier, directory=directory,
+                                      subscribers=[self.store])
         self.ami = AmiClient(config=cfg.ami, on_event=self.pipeline.on_event, on_connect=self.pipeline.on_connect)
 
         app = build_web_app(WebState(model=self.model, agents=cfg.agents, health=self.health,
@@ -123,6 +127,7 @@ class CtiServer:
         self.supervisor = sup = Supervisor(group)
         self._tasks.append(sup.start("cti.notifier", self.notifier.run))
         self._tasks.append(sup.start("cti.lookups", self.pipeline.run))
+        self._tasks.append(sup.start("cti.model_store", self.store.run))
         self._tasks.append(sup.start("cti.ami", self.ami.run))
         if self.mqtt is not None:
             self._tasks.append(sup.start("cti.mqtt", self.mqtt.run))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ def make_config(*, redis_url: str, mqtt_port: int, **sim: Any) -> Config:
     return Config.model_validate({
         "ami": {"host": "127.0.0.1", "port": 5038, "ping_interval": 1, "ping_timeout": 1,
                 "backoff_initial": 0.2, "backoff_max": 1},
-        "redis": {"url": redis_url},
+        "redis": {"url": redis_url, "key_prefix": f"t{uuid.uuid4().hex[:8]}:"},  # each test its own keys
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "http": {"host": "127.0.0.1", "port": 0},
         "agents": [a.model_dump() for a in AGENTS],
@@ -84,9 +86,27 @@ async def eventually(pred: Callable[[], bool], timeout: float = 10) -> None:
             await asyncio.sleep(0.02)
 
 
+@dataclass
+class ManualClock:
+    """The simulator's time, moved only by the test: no ring, talk or patience timer fires by itself
+    however slow the machine is. Starts at the wall-clock time so event Timestamps look real."""
+
+    now: float = field(default_factory=time.time)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[tuple[AmiServer, CtiServer]]:
-    async with AmiServer(config=config.sim, agents=config.agents, port=0, random_arrivals=False) as sim:
+async def running(
+    config: Config, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[tuple[AmiServer, CtiServer]]:
+    """The simulator (on ``clock``; pass a :class:`ManualClock` to drive its timers) and the server."""
+    async with AmiServer(config=config.sim, agents=config.agents, port=0, random_arrivals=False,
+                         clock=clock) as sim:
         config = config.model_copy(update={"ami": config.ami.model_copy(update={"port": sim.port})})
         async with CtiServer(config) as server:
             await eventually(lambda: server.health()["ok"])

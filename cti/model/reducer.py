@@ -121,6 +121,25 @@ class CallModel:
             log.warning("ami.event.malformed", ami_event=name, error=repr(exc))
         return out
 
+    def restore(self, calls: Iterable[Call]) -> None:
+        """Take back the live calls a previous run left (a restart, a standby taking over); the
+        resync that follows the next login ends those that ended meanwhile and tells the agents."""
+        for call in calls:
+            if call.ended or call.linkedid in self.calls:
+                continue
+            self.calls[call.linkedid] = call
+            for uid in call.legs:
+                self._leg_call[uid] = call.linkedid
+            if any(o.exten for o in call.offers.values()):
+                self._ringing_exten.add(call.linkedid)
+            talking = call.talking
+            if talking is not None and talking.agent_interface:
+                member = self._member(talking.agent_interface, talking.agent)
+                member.call = member.last_call = call.linkedid
+            if call.current_queue:
+                queue = self._queue(call.current_queue)
+                queue.waiting[call.linkedid] = call.position or len(queue.waiting) + 1
+
     def _bad_value(self, key: str, event: str, value: str | None) -> None:
         """Counted always, logged the first time and then once per ``_LOG_EVERY`` of a kind."""
         seen = self.bad_values[key] = self.bad_values.get(key, 0) + 1

@@ -12,7 +12,7 @@ counted once in each place with its own outcome.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["answered", "abandoned", "unanswered"]
@@ -337,3 +337,23 @@ DEVICE_STATUS = {
     7: "ringinuse",
     8: "onhold",
 }
+
+
+def call_to_dict(call: Call) -> dict[str, Any]:
+    """Everything the model knows of a live call, as JSON-ready data (kept in Redis for restarts)."""
+    return asdict(call)
+
+
+def call_from_dict(data: dict[str, Any]) -> Call:
+    """The inverse of :func:`call_to_dict`; raises ``TypeError``/``KeyError`` on data of another shape."""
+    fields = dict(data)
+    fields["legs"] = {uid: Leg(**leg) for uid, leg in fields.get("legs", {}).items()}
+    fields["segments"] = [Segment(**seg) for seg in fields.get("segments", [])]
+    offers = {}
+    for key, offer in fields.get("offers", {}).items():
+        offer = dict(offer)
+        offer["exten"] = tuple(offer["exten"]) if offer.get("exten") else None
+        offers[key] = Offer(**offer)
+    fields["offers"] = offers
+    fields["transfer"] = Transfer(**fields["transfer"]) if fields.get("transfer") else None
+    return Call(**fields)

@@ -1,0 +1,89 @@
+"""The call model's live calls, kept in Redis so a restarted server (or a standby) resumes them.
+
+Write-behind: the pipeline tells :meth:`ModelStore.on_domain_event` which calls changed, and
+:meth:`ModelStore.run` writes those every ``interval`` seconds in one round trip (a finished call
+is deleted). A ``kill -9`` loses at most that interval of changes; the resync after the next
+login corrects the rest against Asterisk's own channel list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from cti.model import events as ev
+from cti.model.events import DomainEvent
+from cti.model.reducer import CallModel
+from cti.model.state import Call, call_from_dict, call_to_dict
+
+__all__ = ["ModelStore"]
+
+log = structlog.get_logger(__name__)
+
+FLUSH_S = 0.2
+
+
+class ModelStore:
+    """``{prefix}model:calls``: Linkedid -> the call as JSON."""
+
+    def __init__(self, redis: aioredis.Redis, model: CallModel, *, key_prefix: str = "cti:",
+                 interval: float = FLUSH_S) -> None:
+        self._redis = redis
+        self._model = model
+        self._key = f"{key_prefix}model:calls"
+        self._interval = interval
+        self._dirty: set[str] = set()
+        self.written = 0
+
+    def on_domain_event(self, event: DomainEvent) -> None:
+        if event.linkedid:
+            self._dirty.add(event.linkedid)
+        if event.type == ev.CALL_FINISHED and event.data.get("merged_into"):
+            self._dirty.add(event.data["merged_into"])
+
+    async def load(self) -> list[Call]:
+        """The calls a previous run left; a record that does not parse is logged and dropped."""
+        raw = await self._redis.hgetall(self._key)
+        calls = []
+        for linkedid, data in raw.items():
+            try:
+                calls.append(call_from_dict(json.loads(data)))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("model_store.bad_record", linkedid=str(linkedid), error=repr(exc))
+        log.info("model_store.loaded", calls=len(calls))
+        return calls
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        live: dict[FieldT, EncodableT] = {}
+        gone: list[str] = []
+        for linkedid in dirty:
+            call = self._model.calls.get(linkedid)
+            if call is None:
+                gone.append(linkedid)
+            else:
+                live[linkedid] = json.dumps(call_to_dict(call), separators=(",", ":"), allow_nan=False)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if live:
+                    pipe.hset(self._key, mapping=live)
+                if gone:
+                    pipe.hdel(self._key, *gone)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._dirty |= dirty  # written on the next round
+            log.warning("model_store.write_failed", calls=len(dirty), error=repr(exc))
+            return
+        self.written += len(dirty)
