@@ -350,8 +350,8 @@ def call_from_dict(data: dict[str, Any]) -> Call:
     fields["legs"] = {uid: Leg(**leg) for uid, leg in fields.get("legs", {}).items()}
     fields["segments"] = [Segment(**seg) for seg in fields.get("segments", [])]
     offers = {}
-    for key, offer in fields.get("offers", {}).items():
-        offer = dict(offer)
+    for key, raw in fields.get("offers", {}).items():
+        offer = dict(raw)
         offer["exten"] = tuple(offer["exten"]) if offer.get("exten") else None
         offers[key] = Offer(**offer)
     fields["offers"] = offers
