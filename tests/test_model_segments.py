@@ -247,3 +247,36 @@ def test_absurd_timestamps_and_durations_never_reach_a_snapshot(bad: str) -> Non
     json.dumps(model.snapshot(), allow_nan=False)
     if bad != "abc":  # "abc" is no number at all: the field is simply not a timestamp
         assert model.bad_values["Timestamp"] > 0
+
+
+def test_blind_transfer_to_an_extension_that_dials_a_pjsip_phone() -> None:
+    """from-internal 1002 runs Dial(PJSIP/1002): answered by DialEnd ANSWER, not by an Answer()."""
+    agents = [AgentConfig(id="alice", name="Alice", interface="PJSIP/1001", extension="1001"),
+              AgentConfig(id="bob", name="Bob", interface="PJSIP/1002", extension="1002")]
+    model, out = CallModel(agents=agents), []
+
+    def feed(ts: float, **fields: str) -> None:
+        out.extend(model.apply(Message({"Timestamp": str(ts), **fields})))
+
+    caller = {"Channel": "PJSIP/trunk-00000001", "Uniqueid": "1.1", "Linkedid": "1.1"}
+    alice = {"Channel": "PJSIP/1001-00000002", "Uniqueid": "1.2", "Linkedid": "1.1"}
+    feed(10.0, Event="Newchannel", CallerIDNum="13800000001", **caller)
+    feed(10.0, Event="QueueCallerJoin", Queue="support", Position="1", **caller)
+    feed(10.1, Event="Newchannel", **alice)
+    feed(10.1, Event="AgentCalled", Queue="support", Interface="PJSIP/1001", MemberName="Alice", **caller)
+    feed(12.0, Event="AgentConnect", Queue="support", Interface="PJSIP/1001", MemberName="Alice", **caller)
+    feed(20.0, Event="BlindTransfer", Result="Success", TransfererChannel=alice["Channel"], TransfererUniqueid="1.2",
+         TransfereeChannel=caller["Channel"], TransfereeUniqueid="1.1", TransfereeLinkedid="1.1",
+         Context="from-internal", Extension="1002", IsExternal="No")
+    feed(20.0, Event="AgentComplete", Queue="support", Interface="PJSIP/1001", MemberName="Alice",
+         Reason="transfer", **caller)
+    feed(20.0, Event="Hangup", **alice)
+    feed(20.1, Event="Newexten", Context="from-internal", Exten="1002", Application="Answer", **caller)
+    assert [e.type for e in out if e.agent == "bob"] == [ev.CALL_OFFERED], "an Answer() here is not Bob"
+    feed(20.1, Event="Newchannel", Channel="PJSIP/1002-00000003", Uniqueid="1.3", Linkedid="1.1")
+    feed(20.1, Event="DialBegin", DestChannel="PJSIP/1002-00000003", DestUniqueid="1.3", **caller)
+    feed(23.0, Event="DialEnd", DialStatus="ANSWER", DestChannel="PJSIP/1002-00000003", DestUniqueid="1.3",
+         **caller)
+    assert pushes(out, "bob", "1.1") == [ev.CALL_OFFERED, ev.CALL_ANSWERED]
+    seg = model.calls["1.1"].segments[-1]
+    assert (seg.agent_id, seg.transferred_from_id, seg.wait_s) == ("bob", "alice", approx(3.0))

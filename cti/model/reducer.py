@@ -732,7 +732,10 @@ class CallModel:
         context, exten = f.get("Context", ""), f.get("Extension", "")
         target = self._target_for_exten(context, exten) if exten else None
         if target is not None:
-            self._offer_direct(call, target, ts, out, exten=(context, exten))
+            # A Local member's extension is the agent's phone itself: its Answer() answers the call.
+            # Any other extension answers when it dials the agent's phone and they pick up.
+            here = (context, exten) if target.device.startswith("local/") else None
+            self._offer_direct(call, target, ts, out, exten=here)
         # Otherwise the destination shows itself: a QueueCallerJoin, or a DialBegin to an agent.
 
     def _on_attended_transfer(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
