@@ -88,5 +88,9 @@ class AgentRegistry:
             agent = self._by_extension.get(ext) if ext else None
         return agent
 
+    def with_device(self, device: str) -> AgentConfig | None:
+        """The agent whose configured interface is exactly this device (no extension guess)."""
+        return self._by_device.get(device)
+
     def by_extension(self, extension: str) -> AgentConfig | None:
         return self._by_extension.get(extension) or self._by_device.get(f"pjsip/{extension}")

@@ -323,9 +323,8 @@ class CallModel:
         """Who a blind transfer to ``exten@context`` rings: a Local member for exactly that
         extension, else the configured agent with that extension."""
         device = f"local/{exten}@{context}".lower()
-        target = self._target_for_device(device)
-        if target is not None:
-            return target
+        if device in self._member_by_device or self.agents.with_device(device) is not None:
+            return self._target_for_device(device)
         agent = self.agents.by_extension(exten)
         if agent is not None:
             member = self.members.get(agent.interface.lower())
