@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from cti.ami.codec import Message  # noqa: E402
 from cti.model.reducer import CallModel  # noqa: E402
 
-TRACES = ROOT.parent / "shared" / "ami-traces"
+TRACES = ROOT / "tests" / "fixtures" / "ami-traces"
 GREETING = b"Asterisk Call Manager/11.0.0\r\n"
 ID_RE = re.compile(rb": 1795(\d{6})\.")
 
@@ -209,6 +209,8 @@ def main() -> None:
         for name, row in (("cti pipeline", lat), ("bare MQTT QoS 1", base)):
             print(f"{name:<22}{row['p50'] * 1000:>10.2f}{row['p99'] * 1000:>10.2f}{row['max'] * 1000:>10.2f}")
         print(f"{'ratio':<22}{lat['p50'] / base['p50']:>9.1f}x{lat['p99'] / base['p99']:>9.1f}x")
+        print(f"\nserver CPU per call: {lat['cpu_ms_per_call']:.2f} ms (process CPU seconds / calls offered); "
+              f"{lat['cpu_ms_per_call_net']:.2f} ms net of the idle server's {lat['idle_cpu_ms_per_s']:.1f} ms/s")
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,13 @@ from cti.sim.server import AmiServer
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = 300
+IDLE_S = 2.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -121,6 +128,11 @@ async def run_latency(*, rate: float, seconds: float) -> dict[str, Any]:
                 await _wait_healthy(http_port)
                 async with aiomqtt.Client("127.0.0.1", services.mqtt_port, identifier="bench-sub") as sub:
                     await sub.subscribe("cti/v1/agents/+/events", qos=1)
+                    # Baseline: what the idle server burns (pings, gauges, resync timers) per second.
+                    idle_from = _cpu_seconds(server.pid)
+                    await asyncio.sleep(IDLE_S)
+                    idle_rate = (_cpu_seconds(server.pid) - idle_from) / IDLE_S
+                    cpu_from = _cpu_seconds(server.pid)
                     sim.sim.start_arrivals()
 
                     async def receive() -> None:
@@ -133,6 +145,8 @@ async def run_latency(*, rate: float, seconds: float) -> dict[str, Any]:
                     async with asyncio.TaskGroup() as tg:
                         task = tg.create_task(receive(), name="bench.receive")
                         await asyncio.sleep(seconds)
+                        cpu_used = _cpu_seconds(server.pid) - cpu_from
+                        calls = len(sent)
                         task.cancel()
             finally:
                 server.send_signal(signal.SIGINT)
@@ -144,4 +158,7 @@ async def run_latency(*, rate: float, seconds: float) -> dict[str, Any]:
     result: dict[str, Any] = _percentiles(latencies)
     result["baseline"] = baseline
     result["offered"] = len(sent)
+    result["cpu_ms_per_call"] = 1000 * cpu_used / max(calls, 1)
+    result["cpu_ms_per_call_net"] = 1000 * max(0.0, cpu_used - idle_rate * seconds) / max(calls, 1)
+    result["idle_cpu_ms_per_s"] = 1000 * idle_rate
     return result

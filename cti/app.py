@@ -31,7 +31,7 @@ from cti.push.envelope import RedisSequencer
 from cti.push.mqtt import MqttSink
 from cti.push.notifier import AgentNotifier, Sink
 from cti.push.ws import WebSocketHub
-from cti.supervise import Supervisor
+from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
 from cti.web.routes import WebState
 
@@ -169,6 +169,7 @@ class CtiServer:
                     await self._redis.ping()
                     count = await self.directory.count()
             except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelling()
                 if self.redis_ok:
                     log.error("redis.down", error=repr(exc))
                 self.redis_ok, self.redis_error = False, repr(exc)
@@ -180,6 +181,7 @@ class CtiServer:
                     await self._directory_lost()
                 else:
                     self.customers = count
+            raise_if_cancelling()
             await asyncio.sleep(interval)
 
     async def _directory_lost(self) -> None:
@@ -195,6 +197,8 @@ class CtiServer:
         except DirectoryImportError as exc:
             log.error("directory.reimport_failed", error=str(exc))
             self.customers = 0
+            return
+        self.pipeline.look_up_missing()  # calls whose lookup found the directory empty meanwhile
 
     async def _periodic_resync(self, interval: float) -> None:
         while True:

@@ -99,7 +99,12 @@ class DirectoryConfig(_Model):
 
 
 class SimConfig(_Model):
-    """The embedded PBX simulator that stands in for Asterisk in the demo."""
+    """The embedded PBX simulator that stands in for Asterisk in the demo.
+
+    The call-centre features beyond one queue (overflow, transfers, agents in two queues, breaks)
+    are off by default; ``config/cti.yaml`` turns them on modestly for the demo and
+    :meth:`all_features` turns every one of them on for tests.
+    """
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -116,6 +121,47 @@ class SimConfig(_Model):
     ring_timeout_s: float = Field(8.0, gt=0, description="queue member ring timeout (queues.conf timeout)")
     retry_s: float = Field(1.0, ge=0, description="pause before a member that did not answer is rung again")
     tick_s: float = Field(0.05, gt=0, description="how often the simulation clock advances in real time")
+    channel_style: Literal["auto", "local", "pjsip"] = Field(
+        "auto",
+        description="local: callers and agents are Local channel pairs, with the full dialplan of the recorded "
+        "Asterisk 22 (about 95 events per answered call); pjsip: one PJSIP channel per party, few events; "
+        "auto: local when every agent interface is a Local/ member",
+    )
+    entry_context: str = Field("ivr-entry", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                               description="local style: the dialplan context callers enter (Local/s@<context>)")
+    xfer_context: str = Field("xfer-queue", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                              description="transfers to a queue go to extension <queue> here (it runs Queue(<queue>))")
+    queue_timeout_s: float = Field(0.0, ge=0, description="Queue() timeout: QUEUESTATUS=TIMEOUT after this; 0 = none")
+    overflow_queue: str = Field("sales", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                description="the second queue: overflow target, transfer target, second membership")
+    overflow_share: float = Field(0.0, ge=0, le=1, description="share of callers who wait overflow_timeout_s in "
+                                  "`queue`, then are sent to overflow_queue")
+    overflow_timeout_s: float = Field(6.0, gt=0, description="the first queue's timeout for overflow callers")
+    second_queue_share: float = Field(0.0, ge=0, le=1, description="share of the agents (the last ones listed) who "
+                                      "are members of overflow_queue as well (unless queue_members says who)")
+    queue_members: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="queue -> agent ids (or names, interfaces) in ring order; overrides the default membership "
+        "(every agent in `queue`, second_queue_share of them in overflow_queue)",
+    )
+    transfer_share: float = Field(0.0, ge=0, le=1, description="share of answered calls the agent blind-transfers")
+    transfer_to_agent_share: float = Field(0.5, ge=0, le=1, description="of those, the share sent straight to "
+                                           "another agent's extension; the rest go to a queue (xfer_context)")
+    caller_hangup_share: float = Field(0.0, ge=0, le=1, description="share of answered calls the caller ends")
+    pauses_per_hour: float = Field(0.0, ge=0, description="per agent: breaks taken, each paused in one queue only")
+    mean_pause_s: float = Field(120.0, gt=0, description="mean length of a break")
+
+    @classmethod
+    def all_features(cls, **overrides: Any) -> SimConfig:
+        """Every feature on, at shares high enough that ten simulated minutes show each of them (tests)."""
+        settings: dict[str, Any] = {
+            "channel_style": "local", "calls_per_minute": 10, "mean_talk_s": 20, "mean_patience_s": 50,
+            "ring_s": 1, "wrapup_s": 2, "no_answer_prob": 0.15, "ring_timeout_s": 6, "retry_s": 1,
+            "queue_timeout_s": 30, "overflow_share": 0.25, "overflow_timeout_s": 6, "second_queue_share": 0.5,
+            "transfer_share": 0.3, "transfer_to_agent_share": 0.5, "caller_hangup_share": 0.1,
+            "pauses_per_hour": 20, "mean_pause_s": 60,
+        }
+        return cls.model_validate(settings | overrides)
 
 
 class Config(_Model):
@@ -144,8 +190,15 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message says where and why."""
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """``CTI_AMI__SECRET=x`` sets ``ami.secret``: secrets need not live in the file."""
+#: Which ``CTI_*`` variable set which key path, so a bad value is reported under the variable's name.
+_EnvPaths = dict[tuple[str, ...], str]
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str], origins: _EnvPaths | None = None) -> dict[str, Any]:
+    """``CTI_AMI__SECRET=x`` sets ``ami.secret``: secrets need not live in the file.
+
+    ``origins``, when given, collects each key path set and the variable that set it.
+    """
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -157,15 +210,40 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
                 child = node[part] = {}
             node = child
         node[path[-1]] = value
+        if origins is not None:
+            origins[tuple(path)] = name
     return data
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
-    lines = [f"{source}: {exc.error_count()} invalid setting(s)"]
+def _env_source(loc: tuple[str, ...], origins: _EnvPaths) -> str | None:
+    """How to name an error at ``loc`` that a variable caused (it set that key, a key inside it, or a key
+    below it: ``CTI_AMII__PORT`` makes the unknown section ``amii``); None when the file caused it."""
+    if not loc:
+        return None
+    for path, name in origins.items():
+        if path == loc:
+            return name
+        if path[: len(loc)] == loc or loc[: len(path)] == path:
+            return f"{name} ({'.'.join(loc)})"
+    return None
+
+
+def _format_errors(source: str, exc: ValidationError, origins: _EnvPaths | None = None) -> str:
+    """One line per error, under the variable's name when the value came from the environment."""
+    lines: list[str] = []
+    from_file = from_env = False
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in err["loc"])
+        where = _env_source(loc, origins or {})
+        if where is None:
+            from_file = True
+            where = ".".join(loc) or "(top level)"
+        else:
+            from_env = True
         lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
+    env = "environment (CTI_* variables)"
+    head = (f"{source} and {env}" if from_file else env) if from_env else source
+    return "\n".join([f"{head}: {exc.error_count()} invalid setting(s)", *lines])
 
 
 def load_config(path: Path | str | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -185,11 +263,12 @@ def load_config(path: Path | str | None, environ: Mapping[str, str] | None = Non
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping, not {type(loaded).__name__}")
         data = loaded
-    data = _apply_env(data, environ)
+    origins: _EnvPaths = {}
+    data = _apply_env(data, environ, origins)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from exc
+        raise ConfigError(_format_errors(source, exc, origins)) from exc
     if config.directory.source is not None and path is not None and not config.directory.source.is_absolute():
         resolved = (Path(path).parent / config.directory.source).resolve()
         config = config.model_copy(update={"directory": DirectoryConfig(source=resolved)})

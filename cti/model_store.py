@@ -20,6 +20,7 @@ from cti.model import events as ev
 from cti.model.events import DomainEvent
 from cti.model.reducer import CallModel
 from cti.model.state import Call, call_from_dict, call_to_dict
+from cti.supervise import raise_if_cancelling
 
 __all__ = ["ModelStore"]
 
@@ -62,6 +63,7 @@ class ModelStore:
         while True:
             await asyncio.sleep(self._interval)
             await self.flush()
+            raise_if_cancelling()
 
     async def flush(self) -> None:
         if not self._dirty:
@@ -83,6 +85,7 @@ class ModelStore:
                     pipe.hdel(self._key, *gone)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            raise_if_cancelling()
             self._dirty |= dirty  # written on the next round
             log.warning("model_store.write_failed", calls=len(dirty), error=repr(exc))
             return

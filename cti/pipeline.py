@@ -26,6 +26,7 @@ from cti.metrics import DOMAIN_EVENTS, POP_LATENCY, RESYNCS
 from cti.model import events as ev
 from cti.model.events import DomainEvent
 from cti.model.reducer import CallModel
+from cti.supervise import raise_if_cancelling
 
 __all__ = ["CustomerLookup", "EventPipeline", "Notifier", "Subscriber"]
 
@@ -136,6 +137,7 @@ class EventPipeline:
         """Look customers up, several at a time, off the ordered AMI path."""
         async with asyncio.TaskGroup() as group:
             while True:
+                raise_if_cancelling()
                 linkedid, slot = await self._lookups.get()
                 group.create_task(self._look_up(linkedid, slot), name=f"cti.lookup.{linkedid}")
 
@@ -193,6 +195,7 @@ class EventPipeline:
             try:
                 slot.record = await self._fetch(slot.number)
             except Exception as exc:  # the pop goes out without the record rather than late or not at all
+                raise_if_cancelling()
                 if not slot.failed:
                     log.warning("directory.lookup_failed", linkedid=linkedid, number=slot.number, error=repr(exc),
                                 action="pushed without the record; retrying while the call lasts")
@@ -213,7 +216,16 @@ class EventPipeline:
         if slot.record is not None:
             for agent in sorted(slot.told):
                 self._notifier.submit(agent, ev.CALL_UPDATED, {**slot.last, "customer": slot.record})
-        slot.told.clear()
+            slot.told.clear()
+        # else: Redis is back but may not have its directory yet; look_up_missing() tries again.
+
+    def look_up_missing(self) -> None:
+        """The directory was (re)loaded: calls pushed without a record get a lookup again, and their
+        agents a ``call.updated`` if it now finds one."""
+        for linkedid, slot in self._customers.items():
+            if slot.done and slot.record is None and slot.told and slot.number and not slot.failed:
+                slot.failed = True
+                self._lookups.put_nowait((linkedid, slot))
 
     async def _fetch(self, number: str) -> dict[str, Any] | None:
         assert self._directory is not None

@@ -19,9 +19,18 @@ from typing import Any
 
 import structlog
 
-__all__ = ["Supervisor", "TaskFailedRepeatedly"]
+__all__ = ["Supervisor", "TaskFailedRepeatedly", "raise_if_cancelling"]
 
 log = structlog.get_logger(__name__)
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation a library swallowed. redis-py and aiomqtt can turn the CancelledError
+    of a stopping server into an error of their own (or drop it, Python 3.11's ``wait_for``); a
+    loop that catches that error and goes round again would then never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class TaskFailedRepeatedly(Exception):
@@ -75,8 +84,10 @@ class Supervisor:
                     raise  # the server is stopping
                 why = "cancelled from inside"  # a future it awaited was cancelled: not our shutdown
             except Exception as exc:
+                raise_if_cancelling()
                 why = repr(exc)
                 log.exception("task.failed", task=state.name)
+            raise_if_cancelling()  # ended because the server is stopping: nothing to restart
             state.state, state.last_error = "restarting", why
             now = self._clock()
             state.deaths.append(now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,9 @@ AGENTS = [
 
 def make_config(*, redis_url: str, mqtt_port: int, **sim: Any) -> Config:
     return Config.model_validate({
-        "ami": {"host": "127.0.0.1", "port": 5038, "ping_interval": 1, "ping_timeout": 1,
+        # A Pong that a loaded machine answers late must not look like a dead link: the tests cut
+        # the link with drop_connections(), which the client sees at once.
+        "ami": {"host": "127.0.0.1", "port": 5038, "ping_interval": 1, "ping_timeout": 10,
                 "backoff_initial": 0.2, "backoff_max": 1},
         "redis": {"url": redis_url, "key_prefix": f"t{uuid.uuid4().hex[:8]}:"},  # each test its own keys
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
@@ -100,14 +103,57 @@ class ManualClock:
         self.now += seconds
 
 
+#: The server stops in well under a second; this only bounds a stop that never comes.
+STOP_WITHIN_S = 20.0
+
+
+def _await_chain(task: asyncio.Task[Any]) -> str:
+    """Where a task is suspended: each coroutine it awaits, outermost first."""
+    chain: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " > ".join(chain) or repr(task)
+
+
+async def _report_a_stuck_stop(stuck: list[str]) -> None:
+    """If the server has not stopped after STOP_WITHIN_S, name each task that was asked to stop
+    and is still running (it swallowed its cancellation), then cancel it again so the test fails
+    with that report instead of hanging until pytest's timeout."""
+    await asyncio.sleep(STOP_WITHIN_S)
+    me = asyncio.current_task()
+    for task in asyncio.all_tasks():
+        if task is not me and not task.done() and task.cancelling():
+            stuck.append(f"{task.get_name()}: {_await_chain(task)}")
+            task.cancel()
+    if stuck:
+        print("server did not stop; cancelled but still running:", *stuck, sep="\n  ", file=sys.stderr)
+
+
 @contextlib.asynccontextmanager
 async def running(
     config: Config, *, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[tuple[AmiServer, CtiServer]]:
-    """The simulator (on ``clock``; pass a :class:`ManualClock` to drive its timers) and the server."""
+    """The simulator (on ``clock``; pass a :class:`ManualClock` to drive its timers) and the server.
+
+    Leaving it stops both; a server that does not stop fails the test, naming the task that hung."""
+    stuck: list[str] = []
+    watchdog: asyncio.Task[None] | None = None
     async with AmiServer(config=config.sim, agents=config.agents, port=0, random_arrivals=False,
                          clock=clock) as sim:
         config = config.model_copy(update={"ami": config.ami.model_copy(update={"port": sim.port})})
-        async with CtiServer(config) as server:
-            await eventually(lambda: server.health()["ok"])
-            yield sim, server
+        try:
+            async with CtiServer(config) as server:
+                try:
+                    await eventually(lambda: server.health()["ok"])
+                    yield sim, server
+                finally:
+                    watchdog = asyncio.create_task(_report_a_stuck_stop(stuck), name="test.stop_watchdog")
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
+    assert not stuck, f"the server did not stop within {STOP_WITHIN_S:.0f}s: " + "; ".join(stuck)

@@ -120,7 +120,7 @@ def test_a_megabyte_value_is_truncated_and_the_link_survives(chunk: int) -> None
     decoder, out = Decoder(), []
     for i in range(0, len(data), chunk):
         out += decoder.feed(data[i : i + chunk])
-    greeting, channel, hangup = out
+    _greeting, channel, hangup = out
     assert channel.fields["CallerIDName"] == "N" * MAX_VALUE and decoder.truncated == 1
     assert (channel.fields["Uniqueid"], channel.fields["Linkedid"]) == ("1.1", "1.1"), "later fields kept"
     assert hangup.fields == {"Event": "Hangup", "Uniqueid": "1.1"} and decoder.pending == 0

@@ -14,16 +14,17 @@ async def test_screen_pop_over_mqtt_and_websocket(redis_url: str, mqtt_port: int
     config = make_config(redis_url=redis_url, mqtt_port=mqtt_port)
     async with running(config) as (sim, server):
         mqtt_inbox, ws_inbox = Inbox(), Inbox()
-        subscribed, opened = asyncio.Event(), asyncio.Event()
+        subscribed, alice_open, bob_open = asyncio.Event(), asyncio.Event(), asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             listeners = [
                 tg.create_task(mqtt_listener(mqtt_port, "cti/v1/agents/+/events", mqtt_inbox, subscribed)),
-                tg.create_task(ws_listener(f"http://127.0.0.1:{server.http_port}/ws/agents/alice", ws_inbox, opened)),
-                tg.create_task(ws_listener(f"http://127.0.0.1:{server.http_port}/ws/agents/bob", ws_inbox, opened)),
+                tg.create_task(ws_listener(f"http://127.0.0.1:{server.http_port}/ws/agents/alice", ws_inbox,
+                                           alice_open)),
+                tg.create_task(ws_listener(f"http://127.0.0.1:{server.http_port}/ws/agents/bob", ws_inbox, bob_open)),
             ]
-            async with asyncio.timeout(10):
-                await subscribed.wait()
-                await opened.wait()
+            async with asyncio.timeout(10):  # both sockets: the pop may go to either agent
+                for ready in (subscribed, alice_open, bob_open):
+                    await ready.wait()
             linkedid = sim.sim.place_call("8613900000001", "VIP Wang", priority=10)
 
             for inbox in (mqtt_inbox, ws_inbox):

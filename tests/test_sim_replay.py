@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from cti.ami.codec import Decoder, encode_action
 from cti.sim.replay import ReplayServer, split_capture
+from tests.traces import trace_path
 
-CAPTURE = Path("/work/shared/ami-traces/basic/ami-raw.txt")
+CAPTURE = trace_path("basic")
 RAW = CAPTURE.read_bytes()
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from cti.ami.codec import Decoder, Message, encode_action
 from cti.config import AgentConfig, SimConfig
 from cti.sim.server import AmiServer
+from tests.traces import TRACES
 
-TRACES = Path("/work/shared/ami-traces")
 AGENTS = [
     AgentConfig(id="alice", name="Alice", interface="PJSIP/1001"),
     AgentConfig(id="bob", name="Bob", interface="PJSIP/1002"),
@@ -276,8 +275,11 @@ async def test_drop_connections_sim_continues(server: AmiServer) -> None:
     with pytest.raises((EOFError, ConnectionError)):
         while True:
             await c.next()
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        while server.connection_count:  # noqa: ASYNC110 - a plain count, nothing to wait on
+            await asyncio.sleep(0.01)  # until the server has let go of the dropped connection
     c2 = await connect(server)
+    assert server.connection_count == 1
     r = await c2.action("CoreShowChannels")
     assert r.response == "Success"
     # the call went on (or ended) while nobody listened; the server still serves and simulates

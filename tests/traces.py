@@ -1,16 +1,20 @@
-"""Access to the recorded Asterisk 22 AMI captures in ../shared/ami-traces."""
+"""Access to the recorded Asterisk 22 AMI captures kept in tests/fixtures/ami-traces.
+
+The files there are byte-exact copies of what a real Asterisk 22 sent (CRLF); never edit them.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-TRACES = Path(os.environ.get("CTI_TRACES", Path(__file__).resolve().parents[2] / "shared" / "ami-traces"))
+TRACES = Path(__file__).resolve().parent / "fixtures" / "ami-traces"
 NAMES = ("basic", "vip", "burst", "abandon", "cti")
 
 
+def trace_path(name: str) -> Path:
+    """The raw capture of one folder (``basic``, ``vip``, …)."""
+    return TRACES / name / "ami-raw.txt"
+
+
 def trace_bytes(name: str) -> bytes:
-    path = TRACES / name / "ami-raw.txt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: set CTI_TRACES to the ami-traces folder")
-    return path.read_bytes()
+    return trace_path(name).read_bytes()

@@ -160,6 +160,7 @@ class AmiClient:
         self._backlog: deque[Message | _Connected] = deque()
         self._wakeup = asyncio.Event()
         self._backlog_warned = False
+        self._resync_queued = False
         self._writer: asyncio.StreamWriter | None = None
         self._drop_reason: str | None = None
         self._generation = 0
@@ -183,6 +184,9 @@ class AmiClient:
         """
         if not self.connected:
             return False
+        if self._resync_queued:  # one still waits its turn: a second right behind it adds nothing
+            return True
+        self._resync_queued = True
         self._enqueue(_Connected(self._generation))
         return True
 
@@ -495,6 +499,7 @@ class AmiClient:
                 continue
             item = backlog.popleft()
             if isinstance(item, _Connected):
+                self._resync_queued = False
                 await self._run_on_connect(item)
                 continue
             self.stats.events += 1

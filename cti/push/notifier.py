@@ -25,6 +25,12 @@ MAX_BATCH = 256
 RETRY_S = 0.5
 
 
+def _raise_if_cancelling() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Sink(Protocol):
     """A transport to agents' clients; ``publish`` must return promptly even when its peer is down."""
 
@@ -61,6 +67,7 @@ class AgentNotifier:
     async def run(self) -> None:
         jobs, wakeup = self._jobs, self._wakeup
         while True:
+            _raise_if_cancelling()  # a cancel redis-py's wait_for dropped (Python 3.11) stops us here
             if not jobs:
                 wakeup.clear()
                 await wakeup.wait()
@@ -69,6 +76,7 @@ class AgentNotifier:
             try:
                 seqs = await self._sequencer.next_many([job.agent for job in batch])
             except Exception as exc:  # Redis away: keep the events, in order, and try again
+                _raise_if_cancelling()
                 log.error("push.sequence_failed", error=repr(exc), backlog=len(jobs), retry_in_s=RETRY_S)
                 await asyncio.sleep(RETRY_S)
                 continue

@@ -1,9 +1,10 @@
 """Simulated channels and the AMI field blocks Asterisk builds from them.
 
 Asterisk renders a channel as a fixed "snapshot" block (``Channel`` ...
-``Linkedid``), optionally prefixed (``DestChannel`` ...); every call event is
-such blocks plus a few event fields. Field order here follows the recordings
-in ``/work/shared/ami-traces`` exactly, because clients may rely on it.
+``Linkedid``), optionally prefixed (``DestChannel`` ..., ``TransfereeChannel`` ...,
+``LocalOneChannel`` ...); every call event is such blocks plus a few event
+fields. Field order here follows the Asterisk 22 recordings in
+``tests/fixtures/ami-traces`` exactly, because clients may rely on it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def hangup_cause_text(cause: int) -> str:
     return _CAUSE_TEXT.get(cause, "Unknown")
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, eq=False)
 class Channel:
     """A live channel: just the state that shows in AMI snapshots and CoreShowChannel."""
 
@@ -70,6 +71,12 @@ class Channel:
             f"{prefix}Uniqueid": self.uniqueid,
             f"{prefix}Linkedid": self.linkedid,
         }
+
+    def set_caller(self, num: str, name: str) -> None:
+        self.caller_num, self.caller_name = num, name
+
+    def set_connected(self, num: str, name: str) -> None:
+        self.connected_num, self.connected_name = num, name
 
     def duration(self, now: float) -> str:
         """``HH:MM:SS`` since creation, as CoreShowChannel prints it."""

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 GREETING = b"Asterisk Call Manager/11.0.0\r\n"
 _MAX_BUFFERED = 4 << 20  # a client this far behind is dropped rather than buffered without end
+_MAX_ACTION = 64 * 1024  # an action longer than this closes the connection
 _ALL_CLASSES = {
     "system",
     "call",
@@ -151,11 +152,17 @@ class AmiServer(TcpListener):
         assert task is not None
         conn = _Connection(writer)
         self._conns[task] = conn
-        decoder = Decoder(expect_greeting=False, max_message_size=64 * 1024)
+        decoder = Decoder(expect_greeting=False, max_message_size=_MAX_ACTION)
+        unterminated = 0  # bytes since the last blank line: an action that never ends is dropped
         try:
             writer.write(GREETING)
             while data := await reader.read(65536):
+                lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+                end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+                unterminated = len(data) - end if end else unterminated + len(data)
                 try:
+                    if unterminated > _MAX_ACTION:
+                        raise ProtocolError(f"no end of message in {unterminated} bytes")
                     messages = decoder.feed(data)
                 except ProtocolError as exc:
                     log.warning("sim.bad_client_input", peer=writer.get_extra_info("peername"), error=str(exc))
@@ -328,9 +335,12 @@ class AmiServer(TcpListener):
         return True
 
     def _action_queuepause(self, conn: _Connection, f: dict[str, str], aid: str | None, _m: Message) -> bool:
+        """QueuePause: in ``Queue`` only when given (a member paused in one queue is still rung from the
+        others), else in every queue of the member; the reply comes before the events, as in ctiedge."""
         paused = f.get("paused", "").lower() in ("true", "yes", "1", "on")
         interface = f.get("interface", "")
-        if not interface or self.sim.pbx.member(interface) is None:
+        queue = f.get("queue", "").strip() or None
+        if not interface or self.sim.pbx.member(interface, queue) is None:
             conn.send(_response("Error", aid, Message="Interface not found"))
             return True
         conn.send(
@@ -338,5 +348,5 @@ class AmiServer(TcpListener):
                 "Success", aid, Message="Interface paused successfully" if paused else "Interface unpaused successfully"
             )
         )
-        self.sim.pause(interface, paused, reason=f.get("reason", ""))
+        self.sim.pause(interface, paused, reason=f.get("reason", ""), queue=queue)
         return True
