@@ -197,7 +197,7 @@ async def one_run(*, rate: float, seconds: float, agents: int) -> dict[str, Any]
             try:
                 await _wait_healthy(http_port)
                 async with aiomqtt.Client("127.0.0.1", services.mqtt_port, identifier="cap-sub") as sub, \
-                        aiohttp.ClientSession() as session:
+                        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
                     await sub.subscribe("cti/v1/agents/+/events", qos=1)
                     sockets = [await session.ws_connect(f"http://127.0.0.1:{http_port}/ws/agents/{m['id']}")
                                for m in members]

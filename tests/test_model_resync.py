@@ -138,3 +138,30 @@ def test_a_ring_that_started_while_we_were_away_pops_on_resync() -> None:
     assert pop.data["while_disconnected"] and pop.data["wait_so_far_s"] == 3.0
     again = model.resync(channels, [entry], now=1795449830.0)
     assert not [e for e in again if e.type == ev.CALL_OFFERED], "popped once"
+
+
+def test_a_call_answered_and_ended_unseen_is_answered_when_app_queue_counted_it() -> None:
+    """basic, cut while Bob rings; back after the whole call: no channel left, but Bob's CallsTaken
+    in support went up by one — it was answered, not abandoned."""
+    def cut_while_ringing() -> CallModel:
+        model, _ = _until("basic", "AgentCalled")
+        # What the login's QueueStatus told us about Bob before the call.
+        model.apply(Message({"Event": "QueueMemberStatus", "Queue": "support", "MemberName": "Bob",
+                             "Interface": "Local/1002@sim-agents/n", "CallsTaken": "6", "Status": "6", "Paused": "0"}))
+        return model
+
+    def bob_after(calls_taken: int) -> Message:
+        return Message({"Event": "QueueMember", "Queue": "support", "Name": "Bob",
+                        "Location": "Local/1002@sim-agents/n", "StateInterface": "Local/1002@sim-agents",
+                        "Status": "1", "Paused": "0", "CallsTaken": str(calls_taken)})
+
+    model = cut_while_ringing()
+    out = model.resync([], [bob_after(7)], now=1795391540.0)
+    [call] = model.ended.values()
+    assert (call.outcome, call.agent, call.segments[0].reason) == ("answered", "Bob", "while_disconnected")
+    assert [e.data["reason"] for e in out if e.type == ev.CALL_OFFER_WITHDRAWN and e.agent == "bob"] == ["call_ended"]
+    assert model.queues["support"].answered == 1 and model.queues["support"].abandoned == 0
+    model = cut_while_ringing()
+    model.resync([], [bob_after(6)], now=1795391540.0)
+    [gone] = model.ended.values()
+    assert gone.outcome == "abandoned", "no call counted: the caller gave up"

@@ -61,6 +61,7 @@ class AmiStats:
 
     messages: int = 0  # whole messages decoded (greeting excluded)
     bytes: int = 0
+    session_bytes: int = 0  # read on the current connection (greeting included)
     events: int = 0  # messages handed to on_event
     malformed: int = 0  # messages with neither Event nor Response, and protocol errors
     late_replies: int = 0  # responses whose action already timed out or was cancelled
@@ -174,6 +175,11 @@ class AmiClient:
     def connected(self) -> bool:
         """True between a successful Login and the next disconnect."""
         return self._up.is_set()
+
+    @property
+    def pending_events(self) -> int:
+        """Events read but not yet handed to ``on_event`` (tests wait for 0)."""
+        return sum(1 for item in self._backlog if not isinstance(item, _Connected))
 
     def request_resync(self) -> bool:
         """Run ``on_connect`` again on the live connection, in order with the events.
@@ -332,6 +338,7 @@ class AmiClient:
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
+            self.stats.session_bytes = 0
         except (OSError, TimeoutError) as exc:
             raise AmiConnectionError(f"cannot connect: {exc!r}") from exc
         try:
@@ -345,6 +352,7 @@ class AmiClient:
                     if not data:
                         raise AmiConnectionError("closed by server during login")
                     self.stats.bytes += len(data)
+                    self.stats.session_bytes += len(data)
                     for msg in decoder.feed(data):
                         if msg.is_greeting:
                             greeting = msg
@@ -400,6 +408,7 @@ class AmiClient:
             if not data:
                 raise self._end(self._drop_reason or "closed by server")
             self.stats.bytes += len(data)
+            self.stats.session_bytes += len(data)
             try:
                 messages = decoder.feed(data)
             except ProtocolError as exc:

@@ -179,13 +179,18 @@ class CallModel:
                     self._member_status(msg, now, out)
             return out
         self._suspects = set()
+        queue_status = list(queue_status)
+        vanished = []
         for call in list(self.calls.values()):
             for uid in [u for u in call.legs if u not in live]:
                 del call.legs[uid]
                 self._leg_call.pop(uid, None)
             if not call.legs:
-                call.seen_gap = True
-                self._end(call, now, out, reason="gone_at_resync")
+                vanished.append(call)
+        self._answered_and_gone(vanished, queue_status)
+        for call in vanished:
+            call.seen_gap = True
+            self._end(call, now, out, reason="gone_at_resync")
         for uid, msg in live.items():
             if uid in self._leg_call:
                 continue
@@ -264,6 +269,41 @@ class CallModel:
                 if gone:
                     del call.offers[key]
                     self._emit_call(out, ev.CALL_OFFER_WITHDRAWN, call, now, offer.agent_id, reason="gone_at_resync")
+
+    def _answered_and_gone(self, vanished: list[Call], queue_status: list[Message]) -> None:
+        """Calls that were waiting when we lost sight and are gone now were answered, not abandoned,
+        when app_queue counted calls taken for them: each member's ``CallsTaken`` rise in a queue,
+        less the calls we knew they were on, goes to the callers who waited longest there."""
+        rises: dict[tuple[str, str], int] = {}
+        for msg in queue_status:
+            f = msg.fields
+            interface, queue, taken = f.get("Interface") or f.get("Location"), f.get("Queue"), _int(f.get("CallsTaken"))
+            member = self.members.get((interface or "").lower())
+            known = member.queues.get(queue or "") if member is not None else None
+            if member is not None and queue and known is not None and taken is not None and taken > known.calls_taken:
+                rises[(member.interface.lower(), queue)] = taken - known.calls_taken
+        if not rises:
+            return
+        for call in vanished:  # calls we knew were answered account for their agent's rise first
+            for part in call.segments:
+                known_key = ((part.agent_interface or "").lower(), part.queue or "")
+                if part.talking and rises.get(known_key, 0) > 0:
+                    rises[known_key] -= 1
+        waiting = sorted((seg.joined_at or 0.0, call.linkedid, call, seg) for call in vanished
+                         if (seg := call.current) is not None and seg.waiting and seg.queue is not None)
+        for _, _, call, seg in waiting:
+            found = next((k for k, n in rises.items() if k[1] == seg.queue and n > 0), None)
+            if found is None:
+                continue
+            rises[found] -= 1
+            member = self.members[found[0]]
+            seg.outcome, seg.reason = "answered", "while_disconnected"
+            seg.agent, seg.agent_id, seg.agent_interface = member.name, member.agent_id, member.interface
+            seg.notified = True  # they were never told it was answered; nothing to clear but the ring
+            self._leave_queue(call, found[1])
+            self._queue(found[1]).answered += 1
+            log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, agent=member.name,
+                     while_disconnected=True, found_by="CallsTaken")
 
     def _answered_while_away(self, call: Call, live: dict[str, Message], now: float,
                              out: list[DomainEvent]) -> None:

@@ -62,6 +62,7 @@ class _Connection:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        self.sent = 0  # bytes written, greeting included
         self.authenticated = False
         self.mask: set[str] | None = _ALL_CLASSES  # None = events off
 
@@ -80,6 +81,7 @@ class _Connection:
             transport.abort()
             return
         self.writer.write(data)
+        self.sent += len(data)
 
 
 class AmiServer(TcpListener):
@@ -141,6 +143,11 @@ class AmiServer(TcpListener):
     def connection_count(self) -> int:
         return len(self._conns)
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the clients connected now (a test compares them with what one read)."""
+        return sum(conn.sent for conn in self._conns.values())
+
     def _broadcast(self, events: list[Message]) -> None:
         for conn in list(self._conns.values()):
             data = b"".join(e.encode() for e in events if conn.wants(e))
@@ -155,7 +162,7 @@ class AmiServer(TcpListener):
         decoder = Decoder(expect_greeting=False, max_message_size=_MAX_ACTION)
         unterminated = 0  # bytes since the last blank line: an action that never ends is dropped
         try:
-            writer.write(GREETING)
+            conn.send(GREETING)
             while data := await reader.read(65536):
                 lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
                 end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
