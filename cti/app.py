@@ -109,7 +109,7 @@ class CtiServer:
                                       subscribers=[self.store])
         self.ami = AmiClient(config=cfg.ami, on_event=self.pipeline.on_event, on_connect=self.pipeline.on_connect)
 
-        app = build_web_app(WebState(model=self.model, agents=cfg.agents, health=self.health,
+        app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of),
                             extra_routes=self.hub.routes())
         app.on_shutdown.append(lambda _app: self.hub.close_all())

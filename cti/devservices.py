@@ -69,12 +69,14 @@ def _process(argv: list[str], port: int, name: str, workdir: Path) -> Iterator[s
 
 
 @contextmanager
-def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
-    """A redis-server on 127.0.0.1 (a free port unless given: a restart on the same one) with no
-    persistence; yields its URL."""
+def redis_server(workdir: Path, port: int | None = None, *, persist: bool = False) -> Iterator[str]:
+    """A redis-server on 127.0.0.1 (a free port unless given: a restart on the same one); yields its
+    URL. No persistence unless ``persist``: then every write goes to an append-only file in
+    ``workdir``, and a restart there has the data back."""
     port = port or free_port()
     argv = [_binary("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+            "--save", "", "--dir", str(workdir),
+            *(["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"])]
     with _process(argv, port, "redis-server", workdir):
         yield f"redis://127.0.0.1:{port}/0"
 

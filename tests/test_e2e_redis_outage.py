@@ -1,5 +1,6 @@
-"""Redis stops under calls and comes back empty (no persistence, as `cti demo` runs it):
-pops keep coming, no sequence number is reused, the records follow, /healthz is 503 meanwhile."""
+"""Redis stops under calls and comes back, empty (no persistence, as `cti demo` runs it) or with
+its data: pops keep coming, no sequence number is reused, the records follow, /healthz is 503
+meanwhile."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cti.devservices import free_port, redis_server
 from tests.e2e import Inbox, eventually, make_config, mqtt_listener, running
 
@@ -17,11 +20,14 @@ def offered(linkedid: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e["type"] == "call.offered" and e["payload"]["linkedid"] == linkedid
 
 
-async def test_redis_down_and_back_empty(tmp_path: Path, mqtt_port: int) -> None:
+@pytest.mark.parametrize("persist", [False, True], ids=["back-empty", "back-with-its-data"])
+async def test_redis_down_and_back(tmp_path: Path, mqtt_port: int, persist: bool) -> None:
     port = free_port()
+    first, second = tmp_path / "first", tmp_path / ("first" if persist else "second")
+    first.mkdir()
+    second.mkdir(exist_ok=True)
     with contextlib.ExitStack() as redis:
-        (tmp_path / "first").mkdir()
-        url = redis.enter_context(redis_server(tmp_path / "first", port))
+        url = redis.enter_context(redis_server(first, port, persist=persist))
         config = make_config(redis_url=url, mqtt_port=mqtt_port)
         async with running(config) as (sim, server):
             inbox, subscribed = Inbox(), asyncio.Event()
@@ -40,10 +46,9 @@ async def test_redis_down_and_back_empty(tmp_path: Path, mqtt_port: int) -> None
                 pop = await inbox.wait_for(offered(during))
                 assert pop["payload"]["customer"] is None, "the pop did not wait for Redis"
 
-                (tmp_path / "second").mkdir()
-                with redis_server(tmp_path / "second", port):  # back on the same port, empty
+                with redis_server(second, port, persist=persist):  # back on the same port
                     await eventually(lambda: server.health()["ok"], timeout=20)
-                    await eventually(lambda: server.customers > 0, timeout=20)  # imported again
+                    await eventually(lambda: server.customers > 0, timeout=20)  # re-imported if it was lost
                     update = await inbox.wait_for(lambda e: e["type"] == "call.updated"
                                                   and e["payload"]["linkedid"] == during, timeout=20)
                     assert update["payload"]["customer"]["name"] == "Li Na"

@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from cti.ami.codec import Decoder, Message, encode_action
+from cti.ami.codec import Decoder, Message
 from cti.config import AgentConfig, SimConfig
 from cti.replay import replay_chunks
 from cti.sim.pbx import Caller, Pbx
 from cti.sim.server import GREETING, AmiServer
+from tests.test_sim_server import Client
 from tests.traces import trace_bytes
 
 START = 1_795_449_900.0
@@ -401,36 +402,6 @@ def test_controls_hangup_redirect_setvar_in_local_style() -> None:
 
 
 # --- the AMI server in front of the Local style ----------------------------------------------------------
-
-
-class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer, self.decoder = reader, writer, Decoder()
-        self.buffer: list[Message] = []
-        self.n = 0
-
-    async def next(self) -> Message:
-        while not self.buffer:
-            data = await asyncio.wait_for(self.reader.read(65536), 5)
-            if not data:
-                raise EOFError
-            self.buffer.extend(self.decoder.feed(data))
-        return self.buffer.pop(0)
-
-    async def until(self, pred: Callable[[Message], bool]) -> tuple[Message, list[Message]]:
-        seen = []
-        while True:
-            m = await self.next()
-            seen.append(m)
-            if pred(m):
-                return m, seen
-
-    async def action(self, name: str, **fields: str) -> Message:
-        self.n += 1
-        aid = f"f-{self.n}"
-        self.writer.write(encode_action(name, aid, fields))
-        msg, _ = await self.until(lambda m: m.response is not None and m.action_id == aid)
-        return msg
 
 
 @contextlib.asynccontextmanager

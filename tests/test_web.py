@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from cti.agents import AgentRegistry
 from cti.ami.codec import Decoder
 from cti.model.reducer import CallModel
 from cti.web import build_web_app
@@ -25,7 +26,7 @@ def _model_mid_call() -> CallModel:
 
 
 async def _client(aiohttp_client: Callable[..., Any], health: dict[str, Any]) -> TestClient:
-    state = WebState(model=_model_mid_call(), agents=AGENTS, health=lambda: health)
+    state = WebState(model=_model_mid_call(), agents=AgentRegistry(AGENTS), health=lambda: health)
     return await aiohttp_client(build_web_app(state))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from cti.agents import AgentRegistry
 from cti.model.reducer import CallModel
 from cti.push.ws import WebSocketHub
 from cti.web import build_web_app
@@ -15,7 +16,7 @@ from tests.test_model_traces import AGENTS
 
 
 async def _client(aiohttp_client: Callable[..., Any]) -> TestClient:
-    state = WebState(model=CallModel(agents=AGENTS), agents=AGENTS, health=lambda: {"ok": True})
+    state = WebState(model=CallModel(agents=AGENTS), agents=AgentRegistry(AGENTS), health=lambda: {"ok": True})
     hub = WebSocketHub(agents={a.id for a in AGENTS})
     return await aiohttp_client(build_web_app(state, extra_routes=hub.routes()))
 

@@ -107,6 +107,13 @@ class CallModel:
         handler = _HANDLERS.get(name)
         if handler is None:
             return []
+        # The two most frequent events rarely matter: decide that before parsing anything.
+        if name == "VarSet":
+            var = msg.fields.get("Variable", "")
+            if var != "QUEUESTATUS" and not var.startswith("CTI_"):
+                return []
+        elif name == "Newexten" and not self._ringing_exten:
+            return []
         ts = msg.timestamp()
         if ts is None:
             ts = now

@@ -159,7 +159,7 @@ class MqttSink:
         while True:
             # One PUBLISH in flight at a time. Several at once (gather over a window of 4, 8 or 32)
             # stalls aiomqtt 2.5 / paho for seconds, even with _LoopClient's writer fix
-            # (measured with benchmarks/pop_latency.py); the cause is not found yet.
+            # (measured with the pop-latency benchmark, now benchmarks/capacity.py); the cause is not found yet.
             envelope = self._unacked or await self._outbox.get()
             self._unacked = envelope  # kept until the PUBACK: a drop mid-publish sends it again
             await self._send(client, envelope)

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import cti.metrics  # noqa: F401 - registers the cti_* metrics that /metrics serves
+from cti.agents import AgentRegistry
 from cti.config import AgentConfig
 from cti.model.reducer import CallModel
 
@@ -22,7 +23,7 @@ STATIC = Path(str(files("cti.web") / "static"))
 @dataclass(frozen=True, slots=True)
 class WebState:
     model: CallModel
-    agents: Sequence[AgentConfig]
+    agents: AgentRegistry
     health: Callable[[], dict[str, Any]]
     customer_of: Callable[[str], dict[str, Any] | None] = lambda _linkedid: None
 
@@ -60,9 +61,9 @@ def _html_404(title: str, message: str, links: Sequence[tuple[str, str]] = ()) -
 def _agent_or_404(request: web.Request) -> AgentConfig:
     agent_id = request.match_info["agent"]
     agents = request.app[STATE].agents
-    for agent in agents:
-        if agent.id == agent_id:
-            return agent
+    agent = agents.get(agent_id)
+    if agent is not None:
+        return agent
     raise _html_404(
         "No such agent",
         f"There is no agent called \u201c{agent_id[:64]}\u201d on this server."
