@@ -125,7 +125,8 @@ class CallModel:
             handler(self, msg, ts, out)
         except (KeyError, ValueError) as exc:
             self.malformed += 1
-            log.warning("ami.event.malformed", ami_event=name, error=repr(exc))
+            if self.malformed % _LOG_EVERY == 1:  # a flood of bad events must not become a flood of logs
+                log.warning("ami.event.malformed", ami_event=name, error=repr(exc), seen=self.malformed)
         return out
 
     def restore(self, calls: Iterable[Call]) -> None:
