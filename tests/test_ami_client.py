@@ -578,3 +578,19 @@ async def test_cancelling_run_closes_the_socket() -> None:
 async def test_auth_error_class_is_exported() -> None:
     assert issubclass(AmiAuthError, Exception)
     assert issubclass(AmiDisconnected, AmiConnectionError)
+
+
+async def test_a_megabyte_caller_name_keeps_the_link_and_the_event() -> None:
+    rec = Recorder()
+    with capture_logs() as logs:
+        async with FakeAmi() as fake:
+            client = make(fake, rec)
+            async with running(client):
+                await until(lambda: rec.connects == 1, "logged in")
+                await fake.send(b"Event: Newchannel\r\nChannel: PJSIP/trunk-00000001\r\nCallerIDName: "
+                                + b"N" * (1 << 20) + b"\r\nUniqueid: 1.1\r\nLinkedid: 1.1\r\n\r\n")
+                await until(lambda: any(m.event == "Newchannel" for m in rec.events), "the event")
+                assert client.stats.connects == 1 and fake.logins == 1, "the link stayed up"
+    [event] = [m for m in rec.events if m.event == "Newchannel"]
+    assert len(event["CallerIDName"]) == 8192 and event["Linkedid"] == "1.1"
+    assert [e for e in logs if e["event"] == "ami.value_truncated"]

@@ -47,6 +47,7 @@ from cti.config import AmiConfig
 __all__ = ["AmiClient", "AmiStats", "ConnectHandler", "EventHandler"]
 
 STABLE_AFTER_S = 1.0  # a logged-in session up this long resets the reconnect backoff
+_LOG_EVERY = 1000  # bad input is logged the first time and then once per this many
 
 EventHandler = Callable[[Message], Awaitable[None]]
 ConnectHandler = Callable[["AmiClient"], Awaitable[None]]
@@ -400,6 +401,7 @@ class AmiClient:
         return self._drop_reason or reason
 
     async def _read_loop(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
+        truncated = decoder.truncated
         while True:
             try:
                 data = await reader.read(_READ_SIZE)
@@ -415,6 +417,11 @@ class AmiClient:
                 self.stats.malformed += 1
                 self._log.error("ami.protocol_error", error=str(exc))
                 raise self._end(f"protocol error: {exc}") from exc
+            if decoder.truncated != truncated:
+                if truncated // _LOG_EVERY != decoder.truncated // _LOG_EVERY or not truncated:
+                    self._log.warning("ami.value_truncated", values=decoder.truncated, limit=decoder.max_value,
+                                      action="kept the first characters; the link stays up")
+                truncated = decoder.truncated
             for msg in messages:
                 self._route(msg)
 
