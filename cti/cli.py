@@ -7,7 +7,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
@@ -70,8 +70,19 @@ def _run_until_stopped(main: Coroutine[Any, Any, None]) -> None:
             for signum in STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: asyncio.run cancelled main the same way
-        asyncio.run(guarded())
+    # Ctrl-C: the runner cancels main the same way
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(guarded())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: a call costs about a quarter less server CPU with it (median of
+    four alternating capacity runs at 50 calls/s: 5.2 vs 7.0 ms; README, Performance)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 config_option = click.option(
