@@ -25,9 +25,10 @@ log = structlog.get_logger(__name__)
 
 
 def raise_if_cancelling() -> None:
-    """Re-raise a cancellation a library swallowed. redis-py and aiomqtt can turn the CancelledError
-    of a stopping server into an error of their own (or drop it, Python 3.11's ``wait_for``); a
-    loop that catches that error and goes round again would then never stop."""
+    """Re-raise a cancellation a library swallowed. Python 3.11's ``asyncio.wait_for`` (inside
+    redis-py's commands and aiomqtt's publish and connect) drops a cancel that arrives as its inner
+    future completes, and redis-py can turn one into an error of its own; a loop that goes round
+    again after that would never stop."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -79,9 +80,7 @@ class Supervisor:
                 await factory()
                 why = "returned"
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the server is stopping
+                raise_if_cancelling()  # the server is stopping
                 why = "cancelled from inside"  # a future it awaited was cancelled: not our shutdown
             except Exception as exc:
                 raise_if_cancelling()

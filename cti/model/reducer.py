@@ -251,19 +251,9 @@ class CallModel:
             if call is None or target is None or target.interface.lower() in call.offers:
                 continue
             if f.get("Application") == "AppQueue" and call.current_queue is not None:
-                queue = call.current_queue
-                call.offers[target.interface.lower()] = Offer(target.interface, target.name, target.agent_id,
-                                                              queue, now, target.device)
-                call.offered_at = call.offered_at or now
-                seg = call.current
-                waited = round(now - seg.joined_at, 3) if seg is not None and seg.joined_at is not None else None
-                self._emit_call(out, ev.CALL_OFFERED, call, now, target.agent_id, offered_queue=queue,
-                                member=target.name, wait_so_far_s=waited,
-                                transferred_from=seg.transferred_from if seg else None,
-                                transferred_from_id=seg.transferred_from_id if seg else None, while_disconnected=True)
+                self._offer_from_queue(call, target, call.current_queue, now, out, while_disconnected=True)
             elif call.current_queue is None:
                 self._offer_direct(call, target, now, out)
-            log.info("call.offered", linkedid=call.linkedid, member=target.name, while_disconnected=True)
 
     def _stale_offers(self, live: dict[str, Message], now: float, out: list[DomainEvent]) -> None:
         """An offer whose ring ended while we could not see: no live channel of the call is
@@ -880,22 +870,27 @@ class CallModel:
         if found is None:
             return
         call, interface, name, agent = found
-        f = msg.fields
-        queue = f.get("Queue", "")
+        if agent is None:
+            log.warning("agent.unknown", interface=interface, member=name, linkedid=call.linkedid,
+                        hint="add the agent to config agents[] to give them screen pops")
+        target = Target(interface, name, agent.id if agent else None, interface_device(interface))
+        self._offer_from_queue(call, target, msg.fields.get("Queue", ""), ts, out)
+
+    def _offer_from_queue(self, call: Call, target: Target, queue: str, ts: float | None, out: list[DomainEvent],
+                          **extra: Any) -> None:
+        """app_queue rings an agent for the call: the screen pop."""
         seg = self._queue_segment(call, queue)
-        call.offers[interface.lower()] = Offer(interface, name, agent.id if agent else None, queue, ts,
-                                               interface_device(interface))
+        call.offers[target.interface.lower()] = Offer(target.interface, target.name, target.agent_id, queue, ts,
+                                                      target.device)
         if call.offered_at is None:
             call.offered_at = ts
         wait = round(ts - seg.joined_at, 3) if ts is not None and seg and seg.joined_at is not None else None
         log.info("call.offered", linkedid=call.linkedid, caller=call.caller_num, queue=queue,
-                 member=name, agent_id=agent.id if agent else None)
-        if agent is None:
-            log.warning("agent.unknown", interface=interface, member=name, linkedid=call.linkedid,
-                        hint="add the agent to config agents[] to give them screen pops")
-        self._emit_call(out, ev.CALL_OFFERED, call, ts, agent.id if agent else None, offered_queue=queue,
-                        member=name, wait_so_far_s=wait, transferred_from=seg.transferred_from if seg else None,
-                        transferred_from_id=seg.transferred_from_id if seg else None)
+                 member=target.name, agent_id=target.agent_id, **extra)
+        self._emit_call(out, ev.CALL_OFFERED, call, ts, target.agent_id, offered_queue=queue,
+                        member=target.name, wait_so_far_s=wait,
+                        transferred_from=seg.transferred_from if seg else None,
+                        transferred_from_id=seg.transferred_from_id if seg else None, **extra)
 
     def _on_ring_no_answer(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         call = self._call_for(msg, ts, out)

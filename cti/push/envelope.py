@@ -21,16 +21,11 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from cti.supervise import raise_if_cancelling
+
 __all__ = ["VERSION", "Envelope", "EnvelopeError", "MemorySequencer", "RedisSequencer", "Sequencer", "utc_now_iso"]
 
 log = structlog.get_logger(__name__)
-
-
-def _raise_if_cancelling() -> None:
-    """A stopping server's cancel that redis-py turned into an error of its own stays a cancel."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 VERSION: Final = 1
 
@@ -157,7 +152,7 @@ class RedisSequencer:
                     await self._script(keys=[self.key(agent)], args=[floor, least], client=pipe)  # queued
                 values = [int(v) for v in await pipe.execute()]
         except (RedisError, OSError, TimeoutError) as exc:
-            _raise_if_cancelling()
+            raise_if_cancelling()
             values = []
             for agent in agents:
                 value = max(self._last.get(agent, 0) + 1, floor)

@@ -25,6 +25,7 @@ import structlog
 from cti.ami.backoff import Backoff
 from cti.config import MqttConfig
 from cti.push.envelope import Envelope
+from cti.supervise import raise_if_cancelling
 
 __all__ = ["MqttSink", "agent_topic"]
 
@@ -119,7 +120,7 @@ class MqttSink:
             client = self._client()
             try:
                 async with client:
-                    _reraise_swallowed_cancel()
+                    raise_if_cancelling()
                     self.connected = True
                     failures = 0
                     log.info("mqtt.connected", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
@@ -127,7 +128,7 @@ class MqttSink:
                     # The drain runs in the group's body, not as a second child.  On Python 3.11 a child
                     # that fails while the parent already waits in TaskGroup.__aexit__ cancels the parent
                     # and never uncancels it (CPython gh-116720): ``cancelling()`` stayed at 1 for good and
-                    # _reraise_swallowed_cancel ended this loop, silently, right after the next connect.
+                    # raise_if_cancelling ended this loop, silently, right after the next connect.
                     # With the body busy, the group's cancel lands in the body and __aexit__ uncancels it.
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._watch(client), name="cti.mqtt.watch")
@@ -164,7 +165,7 @@ class MqttSink:
             self._unacked = envelope  # kept until the PUBACK: a drop mid-publish sends it again
             await self._send(client, envelope)
             self._unacked = None
-            _reraise_swallowed_cancel()
+            raise_if_cancelling()
 
 
     async def _send(self, client: aiomqtt.Client, envelope: Envelope) -> None:
@@ -200,11 +201,3 @@ class _LoopClient(aiomqtt.Client):
                     self._disconnected.set_exception(exc)
 
         self._loop.add_writer(sock.fileno(), callback)
-
-
-def _reraise_swallowed_cancel() -> None:
-    """Python 3.11's ``asyncio.wait_for`` (inside aiomqtt's publish and connect) drops a cancel that
-    arrives as its inner future completes; without this check the task would wait on the outbox forever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import structlog
 
 from cti.push.envelope import Envelope, Sequencer
+from cti.supervise import raise_if_cancelling
 
 __all__ = ["AgentNotifier", "Sink"]
 
@@ -23,12 +24,6 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 256
 RETRY_S = 0.5
-
-
-def _raise_if_cancelling() -> None:
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class Sink(Protocol):
@@ -67,7 +62,7 @@ class AgentNotifier:
     async def run(self) -> None:
         jobs, wakeup = self._jobs, self._wakeup
         while True:
-            _raise_if_cancelling()  # a cancel redis-py's wait_for dropped (Python 3.11) stops us here
+            raise_if_cancelling()  # a cancel redis-py's wait_for dropped (Python 3.11) stops us here
             if not jobs:
                 wakeup.clear()
                 await wakeup.wait()
@@ -76,7 +71,7 @@ class AgentNotifier:
             try:
                 seqs = await self._sequencer.next_many([job.agent for job in batch])
             except Exception as exc:  # Redis away: keep the events, in order, and try again
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 log.error("push.sequence_failed", error=repr(exc), backlog=len(jobs), retry_in_s=RETRY_S)
                 await asyncio.sleep(RETRY_S)
                 continue
@@ -98,9 +93,7 @@ class AgentNotifier:
         results = await asyncio.gather(*(sink.publish(envelope) for sink in self._sinks), return_exceptions=True)
         for sink, result in zip(self._sinks, results, strict=True):
             if isinstance(result, asyncio.CancelledError):
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise result
+                raise_if_cancelling()
                 # A future inside the sink was cancelled under it (a transport closing), not this
                 # task: a failure of that sink, which must not end the push path for everyone.
             if isinstance(result, BaseException):
