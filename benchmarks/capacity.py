@@ -20,14 +20,15 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 import aiomqtt
@@ -35,12 +36,13 @@ import yaml
 from aiohttp import web
 
 from cti.ami.codec import Message
-from cti.config import Config
+from cti.config import load_config
 from cti.devservices import dev_services, free_port
 from cti.sim.runner import callers_from_directory
 from cti.sim.server import AmiServer
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parents[1]
 KNEE_P99_S = 0.010
 IDLE_S = 2.0
 
@@ -153,110 +155,251 @@ async def bare_ws(rate: float, seconds: float) -> list[float]:
     return got
 
 
-async def one_run(*, rate: float, seconds: float, agents: int) -> dict[str, Any]:
+def _settings(rate: float, agents: int, services_redis: str, mqtt_port: int, http_port: int) -> dict[str, Any]:
     members = [{"id": f"a{i:03d}", "name": f"Agent {i}", "interface": f"Local/{2000 + i}@sim-agents/n",
                 "extension": str(2000 + i)} for i in range(agents)]
+    return {
+        "ami": {"host": "127.0.0.1", "port": 5038},
+        "redis": {"url": services_redis},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "agents": members,
+        "directory": {"source": str(ROOT / "config" / "customers.yaml")},
+        "sim": {"port": 0, "channel_style": "local", "calls_per_minute": rate * 60, "ring_s": 0.2,
+                "mean_talk_s": 0.5, "wrapup_s": 0, "no_answer_prob": 0, "mean_patience_s": 3600,
+                "tick_s": 0.002, "vip_share": 0.3},
+    }
+
+
+class _Role:
+    """A child process of the run (simulator or clients), spoken to in JSON lines over its stdin/stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, role: str, config_path: Path) -> _Role:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(SCRIPT), "--role", role, "--config", str(config_path),
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26,
+        )
+        return cls(proc)
+
+    async def read(self, timeout: float = 60) -> Any:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"benchmark child {self.proc.pid} exited ({await self.proc.wait()})")
+        return json.loads(line)
+
+    async def ask(self, command: str, timeout: float = 60) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self.read(timeout)
+
+    def cpu(self) -> float:
+        return _cpu_seconds(self.proc.pid)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+
+
+async def _commands() -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        yield line.decode().strip()
+
+
+def _reply(out: TextIO, value: Any) -> None:
+    out.write(json.dumps(value) + "\n")
+    out.flush()
+
+
+async def sim_role(config_path: Path, out: TextIO) -> None:
+    """The PBX: stamps each AgentCalled as it is handed to the socket (CLOCK_MONOTONIC, shared by processes)."""
+    config = load_config(config_path)
+    async with AmiServer(config=config.sim, agents=config.agents, callers=callers_from_directory(config),
+                         port=0, random_arrivals=False) as sim:
+        sent: dict[str, float] = {}
+        broadcast = sim.sim.listener
+        assert broadcast is not None
+
+        def stamp(events: list[Message]) -> None:
+            broadcast(events)
+            now = time.monotonic()
+            for e in events:
+                if e.fields.get("Event") == "AgentCalled":
+                    sent.setdefault(e.fields["Linkedid"], now)
+
+        sim.sim.listener = stamp
+        _reply(out, {"port": sim.port})
+        async for command in _commands():
+            if command == "start":
+                sim.sim.start_arrivals()
+                _reply(out, {"started": time.monotonic()})
+            elif command == "report":
+                _reply(out, {"sent": sent})
+
+
+async def clients_role(config_path: Path, out: TextIO) -> None:
+    """Every agent's WebSocket client and one MQTT subscriber on ``+``; arrival times of each call.offered."""
+    config = load_config(config_path)
+    got: dict[str, dict[str, float]] = {"mqtt": {}, "ws": {}}
+    frames = {"mqtt": 0, "ws": 0}
+
+    def arrived(transport: str, data: str | bytes) -> None:
+        frames[transport] += 1
+        env = json.loads(data)
+        if env.get("type") == "call.offered":
+            got[transport].setdefault(env["payload"].get("linkedid"), time.monotonic())
+
+    async with aiomqtt.Client("127.0.0.1", config.mqtt.port, identifier="cap-sub") as sub, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await sub.subscribe(f"{config.mqtt.topic_prefix}/agents/+/events", qos=1)
+        base = f"http://127.0.0.1:{config.http.port}/ws/agents/"
+        sockets = [await session.ws_connect(base + a.id) for a in config.agents]
+
+        async def read_mqtt() -> None:
+            async for msg in sub.messages:
+                arrived("mqtt", msg.payload)  # type: ignore[arg-type]
+
+        async def read_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
+            async for frame in ws:
+                if frame.type is aiohttp.WSMsgType.TEXT:
+                    arrived("ws", frame.data)
+
+        async with asyncio.TaskGroup() as tg:
+            readers = [tg.create_task(read_mqtt(), name="cap.mqtt")]
+            readers += [tg.create_task(read_ws(ws), name=f"cap.ws.{i}") for i, ws in enumerate(sockets)]
+            _reply(out, {"ready": len(sockets)})
+            async for command in _commands():
+                if command == "report":
+                    _reply(out, {**got, "frames": frames})
+                    break
+            for task in readers:
+                task.cancel()
+        for ws in sockets:
+            await ws.close()
+
+
+async def one_run(*, rate: float, seconds: float, agents: int, profile: Path | None = None) -> dict[str, Any]:
+    """Simulator, server and clients each in a process of their own, as a real site runs them."""
     with dev_services() as services, tempfile.TemporaryDirectory(prefix="cti-cap-") as tmp:
         http_port = free_port()
-        settings: dict[str, Any] = {
-            "ami": {"host": "127.0.0.1", "port": 5038},
-            "redis": {"url": services.redis_url},
-            "mqtt": {"host": "127.0.0.1", "port": services.mqtt_port},
-            "http": {"host": "127.0.0.1", "port": http_port},
-            "agents": members,
-            "directory": {"source": str(ROOT / "config" / "customers.yaml")},
-            "sim": {"port": 0, "channel_style": "local", "calls_per_minute": rate * 60, "ring_s": 0.3,
-                    "mean_talk_s": 2.0, "wrapup_s": 0, "no_answer_prob": 0, "mean_patience_s": 3600,
-                    "tick_s": 0.002, "vip_share": 0.3},
-        }
-        config = Config.model_validate(settings)
-        async with AmiServer(config=config.sim, agents=config.agents, callers=callers_from_directory(config),
-                             port=0, random_arrivals=False) as sim:
-            sent: dict[str, float] = {}
-            broadcast = sim.sim.listener
-            assert broadcast is not None
-
-            def stamp(events: list[Message]) -> None:
-                broadcast(events)  # handed to the socket here
-                now = time.perf_counter()
-                for e in events:
-                    if e.fields.get("Event") == "AgentCalled":
-                        sent.setdefault(e.fields["Linkedid"], now)
-
-            sim.sim.listener = stamp
-            settings["ami"]["port"] = sim.port
-            config_path = Path(tmp) / "cti.yaml"
+        settings = _settings(rate, agents, services.redis_url, services.mqtt_port, http_port)
+        config_path = Path(tmp) / "cti.yaml"
+        config_path.write_text(yaml.safe_dump(settings))
+        sim = await _Role.start("sim", config_path)
+        clients: _Role | None = None
+        server: asyncio.subprocess.Process | None = None
+        try:
+            settings["ami"]["port"] = (await sim.read())["port"]
             config_path.write_text(yaml.safe_dump(settings))
             server = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cti.cli", "serve", "-c", str(config_path), "--log-format", "json",
                 "--log-level", "WARNING", cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )
-            mqtt_lat: dict[str, float] = {}
-            ws_lat: dict[str, float] = {}
-            try:
-                await _wait_healthy(http_port)
-                async with aiomqtt.Client("127.0.0.1", services.mqtt_port, identifier="cap-sub") as sub, \
-                        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-                    await sub.subscribe("cti/v1/agents/+/events", qos=1)
-                    sockets = [await session.ws_connect(f"http://127.0.0.1:{http_port}/ws/agents/{m['id']}")
-                               for m in members]
-
-                    def arrived(into: dict[str, float], data: str | bytes) -> None:
-                        env = json.loads(data)
-                        if env.get("type") != "call.offered":
-                            return
-                        linkedid = env["payload"].get("linkedid")
-                        if linkedid in sent:
-                            into.setdefault(linkedid, time.perf_counter() - sent[linkedid])
-
-                    async def read_mqtt() -> None:
-                        async for msg in sub.messages:
-                            arrived(mqtt_lat, msg.payload)  # type: ignore[arg-type]
-
-                    async def read_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
-                        async for frame in ws:
-                            if frame.type is aiohttp.WSMsgType.TEXT:
-                                arrived(ws_lat, frame.data)
-
-                    async with asyncio.TaskGroup() as tg:
-                        readers = [tg.create_task(read_mqtt(), name="cap.mqtt")]
-                        readers += [tg.create_task(read_ws(ws), name=f"cap.ws.{i}") for i, ws in enumerate(sockets)]
-                        idle_from = _cpu_seconds(server.pid)
-                        await asyncio.sleep(IDLE_S)
-                        idle_rate = (_cpu_seconds(server.pid) - idle_from) / IDLE_S
-                        cpu_from, wall_from = _cpu_seconds(server.pid), time.perf_counter()
-                        sim.sim.start_arrivals()
-                        await asyncio.sleep(seconds)
-                        cpu_used, wall = _cpu_seconds(server.pid) - cpu_from, time.perf_counter() - wall_from
-                        window = dict(sent)
-                        await asyncio.sleep(1.0)  # the last pops of the window may still be on their way
-                        for task in readers:
-                            task.cancel()
-                    for ws in sockets:
-                        await ws.close()
-            finally:
+            await _wait_healthy(http_port)
+            clients = await _Role.start("clients", config_path)
+            await clients.read()
+            idle_from = _cpu_seconds(server.pid)
+            await asyncio.sleep(IDLE_S)
+            idle_rate = (_cpu_seconds(server.pid) - idle_from) / IDLE_S
+            cpu_from = {"server": _cpu_seconds(server.pid), "sim": sim.cpu(), "clients": clients.cpu()}
+            wall_from = (await sim.ask("start"))["started"]
+            profiler = await _profile(server.pid, seconds, profile) if profile else None
+            await asyncio.sleep(seconds)
+            if profiler is not None:
+                await profiler.wait()
+            cpu = {"server": _cpu_seconds(server.pid), "sim": sim.cpu(), "clients": clients.cpu()}
+            wall_to = time.monotonic()
+            await asyncio.sleep(1.0)  # the last pops of the window may still be on their way
+            sent = (await sim.ask("report"))["sent"]
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{http_port}/metrics") as r:
+                metrics = await r.text()
+            arrivals = await clients.ask("report")
+        finally:
+            for child in (clients, sim):
+                if child is not None:
+                    await child.stop()
+            if server is not None:
                 server.send_signal(signal.SIGINT)
                 try:
                     await asyncio.wait_for(server.wait(), 15)
                 except TimeoutError:
                     server.kill()
                     await server.wait()
-        base_mqtt = await bare_mqtt(services.mqtt_port, rate=max(len(window) / seconds, 1), seconds=min(seconds, 5))
-    base_ws = await bare_ws(rate=max(len(window) / seconds, 1), seconds=min(seconds, 5))
+        wall = wall_to - wall_from
+        window = {c: t for c, t in sent.items() if t <= wall_to}
+        message_rate = max(arrivals["frames"]["mqtt"] / (wall + 1.0), 1)
+        base_mqtt = await bare_mqtt(services.mqtt_port, rate=message_rate, seconds=min(seconds, 5))
+    base_ws = await bare_ws(rate=message_rate, seconds=min(seconds, 5))
     calls = max(len(window), 1)
-    mqtt = [mqtt_lat[c] for c in window if c in mqtt_lat]
-    ws = [ws_lat[c] for c in window if c in ws_lat]
+    mqtt = [arrivals["mqtt"][c] - t for c, t in window.items() if c in arrivals["mqtt"]]
+    ws = [arrivals["ws"][c] - t for c, t in window.items() if c in arrivals["ws"]]
+    used = {k: cpu[k] - cpu_from[k] for k in cpu}
     return {
-        "rate": rate, "calls": len(window), "cpu_ms_per_call": 1000 * cpu_used / calls,
-        "cpu_ms_per_call_net": 1000 * max(0.0, cpu_used - idle_rate * wall) / calls,
-        "server_cpu_share": cpu_used / wall, "pops_per_s": len(window) / wall,
+        "rate": rate, "calls": len(window), "cpu_ms_per_call": 1000 * used["server"] / calls,
+        "cpu_ms_per_call_net": 1000 * max(0.0, used["server"] - idle_rate * wall) / calls,
+        "server_cpu_share": used["server"] / wall, "sim_cpu_share": used["sim"] / wall,
+        "clients_cpu_share": used["clients"] / wall, "pops_per_s": len(window) / wall,
+        "messages_per_s": message_rate,
         "p50_ms": _ms(_pct(mqtt, 50)), "p99_ms": _ms(_pct(mqtt, 99)),
         "ws_p50_ms": _ms(_pct(ws, 50)), "ws_p99_ms": _ms(_pct(ws, 99)),
         "unmeasured": len(window) - min(len(mqtt), len(ws)),
         "bare_mqtt_p50_ms": _ms(_pct(base_mqtt, 50)), "bare_mqtt_p99_ms": _ms(_pct(base_mqtt, 99)),
         "bare_ws_p50_ms": _ms(_pct(base_ws, 50)), "bare_ws_p99_ms": _ms(_pct(base_ws, 99)),
+        "server_pop_mean_ms": _server_pop_mean_ms(metrics),
     }
+
+
+def _server_pop_mean_ms(metrics: str) -> float | None:
+    """The server's own share: call.offered made by the model -> handed to every transport (cti_pop_latency)."""
+    values = {}
+    for line in metrics.splitlines():
+        if line.startswith(("cti_pop_latency_seconds_sum", "cti_pop_latency_seconds_count")):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    count = values.get("cti_pop_latency_seconds_count", 0)
+    return _ms(values["cti_pop_latency_seconds_sum"] / count) if count else None
+
+
+async def _profile(pid: int, seconds: float, out: Path) -> asyncio.subprocess.Process:
+    """py-spy (``pip install py-spy``) samples the server over the window into collapsed stacks."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return await asyncio.create_subprocess_exec(
+        py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
+        "--format", "raw", "--output", str(out), "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+def top_costs(collapsed: Path, limit: int = 25) -> list[tuple[str, float, float]]:
+    """(function, inclusive share, self share) of the samples, from py-spy's collapsed stacks."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        total += count
+        for name in set(frames):
+            inclusive[name] = inclusive.get(name, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    ranked = sorted(inclusive, key=lambda n: -inclusive[n])[:limit]
+    return [(name, inclusive[name] / total, own.get(name, 0) / total) for name in ranked]
 
 
 def _ms(value: float | None) -> float | None:
@@ -287,23 +430,43 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per rate; the median is reported")
     parser.add_argument("--agents", type=int, default=250)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="sample the server with py-spy during each window; print its top costs")
+    parser.add_argument("--role", choices=["sim", "clients"], help=argparse.SUPPRESS)  # a child of a run
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
     from cti.logs import configure_logging
+
+    if args.role:
+        import uvloop
+
+        out = os.fdopen(os.dup(1), "w")  # replies to the parent; anything else printed goes to stderr
+        os.dup2(2, 1)
+        configure_logging("json", "WARNING")
+        uvloop.run(sim_role(args.config, out) if args.role == "sim" else clients_role(args.config, out))
+        return
 
     configure_logging("json", "WARNING")
     rows = []
     for rate in args.rates:
-        runs = [asyncio.run(one_run(rate=rate, seconds=args.seconds, agents=args.agents)) for _ in range(args.runs)]
+        runs = []
+        for k in range(args.runs):
+            profile = args.profile / f"server-{rate:g}-{k}.txt" if args.profile else None
+            runs.append(asyncio.run(one_run(rate=rate, seconds=args.seconds, agents=args.agents, profile=profile)))
+            if profile is not None and not args.json:
+                print(f"py-spy of the server at {rate:g} calls/s, run {k + 1} ({profile}): inclusive / self")
+                for name, incl, own in top_costs(profile):
+                    print(f"  {100 * incl:5.1f}% {100 * own:5.1f}%  {name}")
         rows.append(_median_run(runs))
         if not args.json:
             r = rows[-1]
             print(f"{rate:>5.0f} calls/s: cpu {r['cpu_ms_per_call']:.2f} ms/call (net {r['cpu_ms_per_call_net']:.2f}), "
-                  f"server {100 * r['server_cpu_share']:.0f}% of a core, {r['pops_per_s']:.0f} pops/s, "
+                  f"server {100 * r['server_cpu_share']:.0f}% of a core (sim {100 * r['sim_cpu_share']:.0f}%, "
+                  f"clients {100 * r['clients_cpu_share']:.0f}%), {r['pops_per_s']:.0f} pops/s, "
                   f"MQTT p50/p99 {r['p50_ms']}/{r['p99_ms']} ms "
                   f"(bare {r['bare_mqtt_p50_ms']}/{r['bare_mqtt_p99_ms']}), "
                   f"WS {r['ws_p50_ms']}/{r['ws_p99_ms']} ms (bare {r['bare_ws_p50_ms']}/{r['bare_ws_p99_ms']}), "
-                  f"unmeasured {r['unmeasured']:.0f}", flush=True)
+                  f"unmeasured {r['unmeasured']:.0f}, in-server pop mean {r['server_pop_mean_ms']} ms", flush=True)
     result = {"rates": rows, "knee": knee(rows)}
     if args.json:
         print(json.dumps(result))

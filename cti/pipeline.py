@@ -40,7 +40,12 @@ LOOKUP_RETRY_S = (1.0, 2.0, 5.0)  # then every 5 s while the call lasts
 
 
 class CustomerLookup(Protocol):
+    """The caller's record, or None. ``peek`` answers without I/O when it can (a cache), so the call's
+    pushes need not wait for the lookup task at all."""
+
     async def lookup(self, number: str) -> Any: ...
+
+    def peek(self, number: str) -> tuple[bool, Any]: ...
 
 
 class Notifier(Protocol):
@@ -184,6 +189,10 @@ class EventPipeline:
         slot = _Customer(number)
         if not number or self._directory is None:
             slot.done = True
+            return slot
+        known, record = self._directory.peek(number)
+        if known:
+            slot.done, slot.record = True, _as_record(record)
         else:
             self._lookups.put_nowait((linkedid, slot))
         return slot
@@ -230,10 +239,7 @@ class EventPipeline:
     async def _fetch(self, number: str) -> dict[str, Any] | None:
         assert self._directory is not None
         async with asyncio.timeout(self._lookup_timeout):
-            customer = await self._directory.lookup(number)
-        if customer is None:
-            return None
-        return customer.model_dump(mode="json") if hasattr(customer, "model_dump") else dict(customer)
+            return _as_record(await self._directory.lookup(number))
 
     def _release(self, slot: _Customer) -> None:
         """Send the call's held pushes, in order, with the record (None if not found in time)."""
@@ -241,3 +247,10 @@ class EventPipeline:
         held, slot.held = slot.held, []
         for agent, kind, data, on_sent in held:
             self._notifier.submit(agent, kind, {**data, "customer": slot.record}, on_sent=on_sent)
+
+
+def _as_record(customer: Any) -> dict[str, Any] | None:
+    """A pop's ``customer``: the directory's dict, or a ``Customer`` model dumped to one."""
+    if customer is None or isinstance(customer, dict):
+        return customer
+    return customer.model_dump(mode="json")  # type: ignore[no-any-return]

@@ -44,6 +44,9 @@ class Directory:
             raise ConnectionError("Connection refused")
         return RECORD if number == "13800000001" else None
 
+    def peek(self, number: str) -> tuple[bool, Any]:
+        return False, None  # no cache: every call goes through the lookup task
+
 
 async def feed(pipeline: EventPipeline, name: str, stop_at: str | None = None) -> None:
     for msg in Decoder().feed(trace_bytes(name)):
@@ -103,3 +106,17 @@ async def test_subscribers_see_every_domain_event_in_order_and_a_broken_one_chan
     assert kinds[0] == ev.CALL_ARRIVED and kinds[-1] == ev.CALL_FINISHED
     assert kinds.index(ev.CALL_QUEUED) < kinds.index(ev.CALL_OFFERED) < kinds.index(ev.CALL_ANSWERED)
     assert [t for _, t, _ in pushes.sent] == [ev.CALL_OFFERED, ev.CALL_ANSWERED, ev.CALL_ENDED]
+
+
+async def test_a_known_caller_pops_without_waiting_for_the_lookup_task() -> None:
+    """With the record in the cache the offer goes out at once, although the lookup task never runs."""
+
+    class Cached(Directory):
+        def peek(self, number: str) -> tuple[bool, Any]:
+            return (True, RECORD) if number == "13800000001" else (False, None)
+
+    pushes, directory = Pushes(), Cached()
+    pipeline = EventPipeline(model=CallModel(agents=AGENTS), notifier=pushes, directory=directory)
+    await feed(pipeline, "basic", stop_at="AgentCalled")  # pipeline.run() is not running
+    assert [(a, t) for a, t, _ in pushes.sent] == [("bob", "call.offered")]
+    assert pushes.sent[0][2]["customer"] == RECORD and directory.calls == 0

@@ -58,12 +58,12 @@ class _Recorder:
     def __init__(self) -> None:
         self.got: list[Envelope] = []
 
-    async def publish(self, envelope: Envelope) -> None:
+    def publish(self, envelope: Envelope) -> None:
         self.got.append(envelope)
 
 
 class _Broken:
-    async def publish(self, envelope: Envelope) -> None:
+    def publish(self, envelope: Envelope) -> None:
         raise ConnectionError("down")
 
 

@@ -32,6 +32,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._group = asyncio.TaskGroup()
+        self.replies = asyncio.Event()  # cleared: the broker's packets (PUBACKs) are held back
+        self.replies.set()
 
     async def __aenter__(self) -> Proxy:
         await self._group.__aenter__()
@@ -56,11 +58,14 @@ class Proxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers |= {writer, up_writer}
         self._group.create_task(self._pipe(reader, up_writer))
-        self._group.create_task(self._pipe(up_reader, writer))
+        self._group.create_task(self._pipe(up_reader, writer, self.replies))
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    gate: asyncio.Event | None = None) -> None:
         try:
             while data := await reader.read(65536):
+                if gate is not None:
+                    await gate.wait()
                 writer.write(data)
                 await writer.drain()
         except ConnectionError:
@@ -114,7 +119,7 @@ async def test_delivers_qos1_in_order(mqtt_port: int) -> None:
     async with subscriber(mqtt_port) as sub, running(sink_for(mqtt_port)) as sink:
         sent = envelopes(1, 51)
         for env in sent:
-            await sink.publish(env)
+            sink.publish(env)
         assert await receive(sub, len(sent)) == sent
 
 
@@ -124,7 +129,7 @@ async def test_queued_while_broker_unreachable_then_delivered(mqtt_port: int) ->
             running(sink_for(port)) as sink:
         sent = envelopes(1, 11)
         for env in sent:
-            await sink.publish(env)  # returns at once although the broker is unreachable
+            sink.publish(env)  # returns at once although the broker is unreachable
         assert sink.pending == 10 and not sink.connected
         await proxy.start()
         assert await receive(sub, 10) == sent
@@ -133,7 +138,7 @@ async def test_queued_while_broker_unreachable_then_delivered(mqtt_port: int) ->
 async def test_full_outbox_drops_the_oldest() -> None:
     sink = sink_for(1, outbox_size=3)  # never run: nothing is sent
     for env in envelopes(1, 6):
-        await sink.publish(env)
+        sink.publish(env)
     assert sink.pending == 3 and sink.dropped == 2
 
 
@@ -142,7 +147,7 @@ async def test_unsafe_agent_ids_are_refused(agent: str) -> None:
     with pytest.raises(ValueError, match="safe MQTT topic"):
         agent_topic("cti/v1", agent)
     with pytest.raises(ValueError):
-        await sink_for(1).publish(Envelope(type="x", agent=agent, seq=1))
+        sink_for(1).publish(Envelope(type="x", agent=agent, seq=1))
 
 
 # --- a real broker that is stopped and started again on the same port -------------------------
@@ -223,17 +228,17 @@ async def test_already_connected_sink_survives_broker_restart(broker: Broker) ->
         async with durable_subscriber(broker.port, ident) as sub:
             first = envelopes(1, 11)
             for env in first:
-                await sink.publish(env)
+                sink.publish(env)
             await receive_ids(sub, {e.id for e in first})
             assert sink.connected
             # one more goes out just as the broker dies: it may be in flight
             in_flight = envelopes(11, 12)[0]
-            await sink.publish(in_flight)
+            sink.publish(in_flight)
             broker.stop()
         await wait_until(lambda: not sink.connected)
         down = envelopes(12, 32)
         for env in down:
-            await sink.publish(env)
+            sink.publish(env)
         broker.start()  # same port, same persisted sessions
         await wait_until(lambda: sink.connected)
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier=ident, clean_session=False,
@@ -250,20 +255,44 @@ async def test_already_connected_sink_survives_a_cut_link(mqtt_port: int) -> Non
         await proxy.start()
         first = envelopes(1, 11)
         for env in first:
-            await sink.publish(env)
+            sink.publish(env)
         await receive_ids(sub, {e.id for e in first})
         in_flight = envelopes(11, 12)[0]
-        await sink.publish(in_flight)
+        sink.publish(in_flight)
         await proxy.stop()
         await wait_until(lambda: not sink.connected)
         down = envelopes(12, 32)
         for env in down:
-            await sink.publish(env)
+            sink.publish(env)
         await asyncio.sleep(0.3)  # let a few reconnects be refused (not an assertion: the bug lived here)
         await proxy.start()
         got = await receive_ids(sub, {e.id for e in [in_flight, *down]})
         await wait_until(lambda: sink.pending == 0)
     assert [e.seq for e in got.values() if e.seq >= 12] == [e.seq for e in down]
+
+
+async def test_many_in_flight_when_the_link_is_cut_all_go_again_in_order(mqtt_port: int) -> None:
+    """A window of publishes waits for PUBACKs at once; a cut sends every unacknowledged one again."""
+    port = free_port()
+    async with Proxy(listen_port=port, target_port=mqtt_port) as proxy, subscriber(mqtt_port) as sub, \
+            running(sink_for(port)) as sink:
+        await proxy.start()
+        await wait_until(lambda: sink.connected)
+        proxy.replies.clear()  # the broker gets every PUBLISH, the sink sees no PUBACK
+        sent = envelopes(1, 41)
+        for env in sent:
+            sink.publish(env)
+        await wait_until(lambda: sink.in_flight == 40)
+        first = await receive(sub, 40)  # the broker had them all: they were on the wire, in order
+        assert [e.seq for e in first] == list(range(1, 41))
+        await proxy.stop()
+        proxy.replies.set()
+        await wait_until(lambda: not sink.connected)
+        assert sink.pending == 40, "nothing acknowledged: nothing forgotten"
+        await proxy.start()
+        again = await receive(sub, 1)  # the resend begins with the oldest
+        await wait_until(lambda: sink.pending == 0)
+    assert again[0].id == sent[0].id
 
 
 async def test_cancel_during_backoff_sleep_exits_promptly() -> None:

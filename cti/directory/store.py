@@ -8,7 +8,9 @@ and can never pair a number with a record from another import.
 :meth:`RedisDirectory.replace_all` writes a complete new directory under
 private keys, then swaps it in with RENAMEs inside MULTI/EXEC: a lookup sees the
 old directory or the new one, never a mix, and several servers may import
-concurrently (the last EXEC wins).
+concurrently (the last EXEC wins). Each import also sets ``version`` (a fresh id), so a
+server's :class:`~cti.directory.cache.CachedDirectory` notices within a second that another
+server imported.
 
 A number that several customers list (:func:`shared_numbers`) is ambiguous, like
 a shared suffix: it is left out of ``numbers`` and ``suffixes``, so a call from it
@@ -93,6 +95,7 @@ class RedisDirectory:
                     pipe.persist(self._key(part))  # RENAME keeps the staging TTL
                 else:
                     pipe.delete(self._key(part))
+            pipe.set(self._key("version"), staging)
             await pipe.execute()
         log.info("directory.replaced", customers=len(records), numbers=len(by_number),
                  ambiguous_suffixes=len(suffix_owners) - len(suffixes))
@@ -121,3 +124,11 @@ class RedisDirectory:
 
     async def count(self) -> int:
         return int(await self._redis.hlen(self._key("customers")))
+
+    async def status(self) -> tuple[int, str | None]:
+        """How many customers, and which import they came from (None: no import since Redis started empty)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hlen(self._key("customers"))
+            pipe.get(self._key("version"))
+            count, version = await pipe.execute()
+        return int(count), version.decode() if isinstance(version, bytes) else version

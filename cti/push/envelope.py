@@ -9,7 +9,6 @@ several servers pushing to the same agent.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+import orjson
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
@@ -41,6 +41,12 @@ def utc_now_iso() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
+    """Encoded once, when made: every transport sends the same ``body`` bytes (UTF-8 JSON).
+
+    A payload that is not JSON (a set, bytes, a non-text key) raises :class:`EnvelopeError` here,
+    where the code that built it is on the stack. Non-finite floats become ``null`` (orjson).
+    """
+
     type: str
     agent: str
     seq: int
@@ -48,18 +54,26 @@ class Envelope:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts: str = field(default_factory=utc_now_iso)
     v: int = VERSION
+    body: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            body = orjson.dumps(self.to_dict())
+        except TypeError as exc:  # orjson.JSONEncodeError
+            raise EnvelopeError(f"{self.type} for {self.agent}: payload is not JSON: {exc}") from None
+        object.__setattr__(self, "body", body)
 
     def to_dict(self) -> dict[str, Any]:
         return {"v": self.v, "id": self.id, "seq": self.seq, "ts": self.ts, "type": self.type,
                 "agent": self.agent, "payload": self.payload}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return self.body.decode()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:
         try:
-            data = json.loads(text)
+            data = orjson.loads(text)
         except ValueError as exc:
             raise EnvelopeError(f"not JSON: {exc}") from exc
         if not isinstance(data, dict):

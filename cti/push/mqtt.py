@@ -5,12 +5,14 @@
 client, reconnects with capped backoff and drains the outbox in order.  A pop is
 not retained: a client that connects later must not see a stale ringing call.
 
-Delivery is at least once: envelopes are sent one at a time and the one whose
-PUBACK has not arrived is sent again on the next connection; clients dedupe on
-the envelope ``id``.  Each connection gets a fresh :class:`aiomqtt.Client`:
-reusing one after an unexpected disconnect left paho spinning on a stale socket
-(aiomqtt 2.5, cf. empicano/aiomqtt#288), and paho's own resend queue dies with it,
-which is why the sink keeps the unacknowledged envelope itself.
+Delivery is at least once and in order: up to ``window`` publishes are in flight
+(one at a time would cap throughput at one broker round trip, which a busy loop
+stretches to milliseconds), and every envelope whose PUBACK has not arrived is
+sent again, in the original order, on the next connection; clients dedupe on the
+envelope ``id``.  Each connection gets a fresh :class:`aiomqtt.Client`: reusing
+one after an unexpected disconnect left paho spinning on a stale socket (aiomqtt
+2.5, cf. empicano/aiomqtt#288), and paho's own resend queue dies with it, which
+is why the sink keeps the unacknowledged envelopes itself.
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ class MqttSink:
         publish_timeout: float = 10.0,
         keepalive: int = 30,
         max_queued_incoming_messages: int = 100,
+        window: int = 64,
         rng: random.Random | None = None,
     ) -> None:
-        if outbox_size < 1:
-            raise ValueError("outbox_size must be at least 1")
+        if outbox_size < 1 or window < 1:
+            raise ValueError("outbox_size and window must be at least 1")
         self._config = config
         self._outbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=outbox_size)
         self._backoff = backoff or Backoff(initial=0.5, cap=30.0)
@@ -64,7 +67,9 @@ class MqttSink:
         self._keepalive = keepalive
         self._max_incoming = max_queued_incoming_messages
         self._rng = rng or random.Random()
-        self._unacked: Envelope | None = None
+        self._window = window
+        self._unacked: dict[int, Envelope] = {}  # taken from the outbox, no PUBACK yet; in send order
+        self._taken = 0
         self.connected = False
         self.dropped = 0
 
@@ -74,9 +79,14 @@ class MqttSink:
     @property
     def pending(self) -> int:
         """Envelopes not yet acknowledged by the broker."""
-        return self._outbox.qsize() + (self._unacked is not None)
+        return self._outbox.qsize() + len(self._unacked)
 
-    async def publish(self, envelope: Envelope) -> None:
+    @property
+    def in_flight(self) -> int:
+        """Published on the current connection (or the last one), PUBACK not yet seen."""
+        return len(self._unacked)
+
+    def publish(self, envelope: Envelope) -> None:
         """Enqueue without waiting; when the outbox is full the oldest envelope is dropped (the client sees a gap)."""
         self.topic(envelope.agent)  # refuse an unsafe id now, where the caller can see the error
         try:
@@ -90,7 +100,7 @@ class MqttSink:
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
-        return _LoopClient(
+        client = _LoopClient(
             hostname=cfg.host,
             port=cfg.port,
             username=cfg.username,
@@ -100,7 +110,10 @@ class MqttSink:
             timeout=self._publish_timeout,
             # We subscribe to nothing yet; the bound keeps a misbehaving broker from growing memory.
             max_queued_incoming_messages=self._max_incoming,
+            max_inflight_messages=self._window,  # paho would queue the rest itself, out of our sight
         )
+        client.pending_calls_threshold = self._window + 1  # a full window is normal, not worth a warning
+        return client
 
     async def run(self) -> None:
         """Connect, drain, reconnect — until cancelled.  Clients are made here: aiomqtt needs the running loop."""
@@ -157,23 +170,29 @@ class MqttSink:
         raise aiomqtt.MqttError("message iteration ended")
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        while True:
-            # One PUBLISH in flight at a time. Several at once (gather over a window of 4, 8 or 32)
-            # stalls aiomqtt 2.5 / paho for seconds, even with _LoopClient's writer fix
-            # (measured with the pop-latency benchmark, now benchmarks/capacity.py); the cause is not found yet.
-            envelope = self._unacked or await self._outbox.get()
-            self._unacked = envelope  # kept until the PUBACK: a drop mid-publish sends it again
-            await self._send(client, envelope)
-            self._unacked = None
-            raise_if_cancelling()
+        """Publish in order with up to ``window`` PUBACKs outstanding; a failed one ends the group (and
+        the connection), and everything still unacknowledged goes again on the next connection."""
+        slots = asyncio.Semaphore(self._window)
+        async with asyncio.TaskGroup() as group:
+            for key, envelope in list(self._unacked.items()):  # left by the last connection, oldest first
+                await slots.acquire()
+                group.create_task(self._send(client, key, envelope, slots), name="cti.mqtt.publish")
+            while True:
+                await slots.acquire()
+                envelope = await self._outbox.get()
+                key = self._taken = self._taken + 1
+                self._unacked[key] = envelope  # before any await: a drop from here on sends it again
+                # Tasks start in creation order and paho writes at the start of each: wire order is send order.
+                group.create_task(self._send(client, key, envelope, slots), name="cti.mqtt.publish")
+                raise_if_cancelling()
 
-
-    async def _send(self, client: aiomqtt.Client, envelope: Envelope) -> None:
-        topic = self.topic(envelope.agent)
+    async def _send(self, client: aiomqtt.Client, key: int, envelope: Envelope, slots: asyncio.Semaphore) -> None:
         try:
-            await client.publish(topic, envelope.to_json().encode(), qos=1, retain=False)
+            await client.publish(self.topic(envelope.agent), envelope.body, qos=1, retain=False)
         except ValueError as exc:  # paho refuses the message itself (e.g. too large): retrying cannot help
             log.error("mqtt.publish_refused", agent=envelope.agent, seq=envelope.seq, error=str(exc))
+        del self._unacked[key]
+        slots.release()
 
 
 class _LoopClient(aiomqtt.Client):

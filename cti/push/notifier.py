@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from cti.push.envelope import Envelope, Sequencer
+from cti.push.envelope import Envelope, EnvelopeError, Sequencer
 from cti.supervise import raise_if_cancelling
 
 __all__ = ["AgentNotifier", "Sink"]
@@ -27,9 +27,10 @@ RETRY_S = 0.5
 
 
 class Sink(Protocol):
-    """A transport to agents' clients; ``publish`` must return promptly even when its peer is down."""
+    """A transport to agents' clients. ``publish`` only queues (its own task sends), so it never
+    waits, whether the peer is slow or down; a raise is that transport's failure alone."""
 
-    async def publish(self, envelope: Envelope) -> None: ...
+    def publish(self, envelope: Envelope) -> None: ...
 
 
 @dataclass(slots=True)
@@ -78,25 +79,25 @@ class AgentNotifier:
             for _ in batch:
                 jobs.popleft()
             for job, seq in zip(batch, seqs, strict=True):
-                envelope = Envelope(type=job.type, agent=job.agent, seq=seq, payload=job.payload)
-                await self._publish(envelope)
+                try:
+                    envelope = Envelope(type=job.type, agent=job.agent, seq=seq, payload=job.payload)
+                except EnvelopeError as exc:  # a bug in whoever built the payload: that event only
+                    log.error("push.unencodable", agent=job.agent, event_type=job.type, seq=seq, error=str(exc))
+                    continue
+                self._publish(envelope)
                 if job.on_sent is not None:
                     job.on_sent(envelope)
 
     async def notify(self, agent_id: str, type: str, payload: dict[str, Any]) -> Envelope:
         """Publish one event now and return its envelope (tools and tests; the server uses submit)."""
         envelope = Envelope(type=type, agent=agent_id, seq=await self._sequencer.next(agent_id), payload=payload)
-        await self._publish(envelope)
+        self._publish(envelope)
         return envelope
 
-    async def _publish(self, envelope: Envelope) -> None:
-        results = await asyncio.gather(*(sink.publish(envelope) for sink in self._sinks), return_exceptions=True)
-        for sink, result in zip(self._sinks, results, strict=True):
-            if isinstance(result, asyncio.CancelledError):
-                raise_if_cancelling()
-                # A future inside the sink was cancelled under it (a transport closing), not this
-                # task: a failure of that sink, which must not end the push path for everyone.
-            if isinstance(result, BaseException):
-                # One broken transport must not cost the agent the pop on the others.
+    def _publish(self, envelope: Envelope) -> None:
+        for sink in self._sinks:
+            try:
+                sink.publish(envelope)
+            except Exception as exc:  # one broken transport must not cost the agent the pop on the others
                 log.error("push.sink_failed", sink=type(sink).__name__, agent=envelope.agent, seq=envelope.seq,
-                          event_type=envelope.type, error=repr(result))
+                          event_type=envelope.type, error=repr(exc))

@@ -36,7 +36,7 @@ class _Conn:
     agent: str
     ws: web.WebSocketResponse
     request: web.BaseRequest
-    queue: deque[tuple[str, int]] = field(default_factory=deque)  # (text, seq)
+    queue: deque[tuple[bytes, int]] = field(default_factory=deque)  # (UTF-8 JSON, seq)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     closing: bool = False
 
@@ -128,12 +128,12 @@ class WebSocketHub:
         if not conns:
             del self._conns[conn.agent]
 
-    async def publish(self, envelope: Envelope) -> None:
+    def publish(self, envelope: Envelope) -> None:
         """Queue the frame for each of the agent's sockets; never waits on a client."""
         conns = self._conns.get(envelope.agent)
         if not conns:
             return
-        text = envelope.to_json()
+        text = envelope.body
         for conn in list(conns):
             if conn.closing:
                 continue
@@ -158,7 +158,7 @@ class WebSocketHub:
             text, seq = conn.queue[0]
             try:
                 async with asyncio.timeout(self._send_timeout):
-                    await conn.ws.send_str(text)
+                    await conn.ws.send_frame(text, WSMsgType.TEXT)  # already UTF-8: no decode and re-encode
             except TimeoutError:
                 log.warning("ws.slow_client_closed", agent=conn.agent, seq=seq, queued=len(conn.queue),
                             why="send_timeout")
