@@ -227,6 +227,7 @@ async def sim_role(config_path: Path, out: TextIO) -> None:
     async with AmiServer(config=config.sim, agents=config.agents, callers=callers_from_directory(config),
                          port=0, random_arrivals=False) as sim:
         sent: dict[str, float] = {}
+        arrived: list[float] = []
         broadcast = sim.sim.listener
         assert broadcast is not None
 
@@ -234,8 +235,11 @@ async def sim_role(config_path: Path, out: TextIO) -> None:
             broadcast(events)
             now = time.monotonic()
             for e in events:
-                if e.fields.get("Event") == "AgentCalled":
+                name = e.fields.get("Event")
+                if name == "AgentCalled":
                     sent.setdefault(e.fields["Linkedid"], now)
+                elif name == "Newchannel" and e.fields.get("Uniqueid") == e.fields.get("Linkedid"):
+                    arrived.append(now)  # the caller's first channel: a call begins
 
         sim.sim.listener = stamp
         _reply(out, {"port": sim.port})
@@ -244,7 +248,7 @@ async def sim_role(config_path: Path, out: TextIO) -> None:
                 sim.sim.start_arrivals()
                 _reply(out, {"started": time.monotonic()})
             elif command == "report":
-                _reply(out, {"sent": sent})
+                _reply(out, {"sent": sent, "arrived": arrived})
 
 
 async def clients_role(config_path: Path, out: TextIO) -> None:
@@ -321,7 +325,8 @@ async def one_run(*, rate: float, seconds: float, agents: int, profile: Path | N
             cpu = {"server": _cpu_seconds(server.pid), "sim": sim.cpu(), "clients": clients.cpu()}
             wall_to = time.monotonic()
             await asyncio.sleep(1.0)  # the last pops of the window may still be on their way
-            sent = (await sim.ask("report"))["sent"]
+            report = await sim.ask("report")
+            sent = report["sent"]
             async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{http_port}/metrics") as r:
                 metrics = await r.text()
             arrivals = await clients.ask("report")
@@ -341,12 +346,14 @@ async def one_run(*, rate: float, seconds: float, agents: int, profile: Path | N
         message_rate = max(arrivals["frames"]["mqtt"] / (wall + 1.0), 1)
         base_mqtt = await bare_mqtt(services.mqtt_port, rate=message_rate, seconds=min(seconds, 5))
     base_ws = await bare_ws(rate=message_rate, seconds=min(seconds, 5))
-    calls = max(len(window), 1)
+    # CPU per call over the calls that began in the window: in a steady state that is the work the
+    # window saw (a call's pop comes a second after it begins, so counting pops would undercount).
+    calls = max(sum(wall_from <= t <= wall_to for t in report["arrived"]), 1)
     mqtt = [arrivals["mqtt"][c] - t for c, t in window.items() if c in arrivals["mqtt"]]
     ws = [arrivals["ws"][c] - t for c, t in window.items() if c in arrivals["ws"]]
     used = {k: cpu[k] - cpu_from[k] for k in cpu}
     return {
-        "rate": rate, "calls": len(window), "cpu_ms_per_call": 1000 * used["server"] / calls,
+        "rate": rate, "calls": calls, "pops": len(window), "cpu_ms_per_call": 1000 * used["server"] / calls,
         "cpu_ms_per_call_net": 1000 * max(0.0, used["server"] - idle_rate * wall) / calls,
         "server_cpu_share": used["server"] / wall, "sim_cpu_share": used["sim"] / wall,
         "clients_cpu_share": used["clients"] / wall, "pops_per_s": len(window) / wall,
