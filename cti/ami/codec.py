@@ -44,7 +44,6 @@ class UnsafeValueError(ValueError):
         self.key = key
 
 
-@dataclass(slots=True)
 class Message:
     """One AMI message: an event, a response, or the greeting line.
 
@@ -52,30 +51,93 @@ class Message:
     consumer wants; ``repeated`` keeps the later values of keys that occur more
     than once (``Variable``, ``ChanVariable``, a ``UserEvent``'s own keys).
     Lines with no ``key: value`` shape (a ``Response: Follows`` body) go to ``body``.
+
+    A decoded message is parsed only when a consumer first reads its fields: three in four
+    events of a real call (VarSet, Newexten, DeviceStateChange ...) are dropped after a look
+    at their name, which :attr:`event` and :meth:`get` take from the text itself.
     """
 
-    fields: dict[str, str]
-    repeated: list[tuple[str, str]] | None = None
-    body: list[str] | None = None
+    __slots__ = ("_body", "_eol", "_fields", "_repeated", "_text")
+
+    def __init__(self, fields: dict[str, str], repeated: list[tuple[str, str]] | None = None,
+                 body: list[str] | None = None) -> None:
+        self._fields: dict[str, str] | None = fields
+        self._repeated = repeated
+        self._body = body
+        self._text = ""
+        self._eol = "\r\n"
+
+    @classmethod
+    def _unparsed(cls, text: str, eol: str) -> Message:
+        msg = cls.__new__(cls)
+        msg._fields, msg._repeated, msg._body, msg._text, msg._eol = None, None, None, text, eol
+        return msg
+
+    def _parse(self) -> dict[str, str]:
+        parsed = _parse(self._text, self._eol)
+        self._fields, self._repeated, self._body, self._text = parsed._fields, parsed._repeated, parsed._body, ""
+        assert self._fields is not None
+        return self._fields
+
+    @property
+    def fields(self) -> dict[str, str]:
+        fields = self._fields
+        return fields if fields is not None else self._parse()
+
+    @property
+    def repeated(self) -> list[tuple[str, str]] | None:
+        if self._fields is None:
+            self._parse()
+        return self._repeated
+
+    @repeated.setter
+    def repeated(self, value: list[tuple[str, str]] | None) -> None:
+        if self._fields is None:
+            self._parse()
+        self._repeated = value
+
+    @property
+    def body(self) -> list[str] | None:
+        if self._fields is None:
+            self._parse()
+        return self._body
+
+    def _first(self, key: str) -> str | None:
+        """The first value of ``key``, found in the unparsed text (a line starts with ``key: ``)."""
+        text, eol = self._text, self._eol
+        prefix = key + ": "
+        if text.startswith(prefix):
+            start = len(prefix)
+        else:
+            at = text.find(eol + prefix)
+            if at < 0:  # absent, or only as ``Key:`` with nothing after it: the full parse decides
+                return self.fields.get(key) if key + ":" in text else None
+            start = at + len(eol) + len(prefix)
+        end = text.find(eol, start)
+        return text[start:] if end < 0 else text[start:end]
 
     @property
     def event(self) -> str | None:
-        return self.fields.get("Event")
+        return self.get("Event")
 
     @property
     def response(self) -> str | None:
-        return self.fields.get("Response")
+        return self.get("Response")
 
     @property
     def action_id(self) -> str | None:
-        return self.fields.get("ActionID")
+        return self.get("ActionID")
 
     @property
     def is_greeting(self) -> bool:
         return "Greeting" in self.fields
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        return self.fields.get(key, default)
+        fields = self._fields
+        if fields is None:
+            value = self._first(key)
+            return default if value is None else value
+        return fields.get(key, default)
 
     def __getitem__(self, key: str) -> str:
         return self.fields[key]
@@ -83,16 +145,27 @@ class Message:
     def __contains__(self, key: object) -> bool:
         return key in self.fields
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.fields, self.repeated, self.body) == (other.fields, other.repeated, other.body)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return f"Message(fields={self.fields!r}, repeated={self.repeated!r}, body={self.body!r})"
+
     def getall(self, key: str) -> list[str]:
         """Every value of ``key`` in arrival order."""
-        values = [self.fields[key]] if key in self.fields else []
-        if self.repeated:
-            values.extend(v for k, v in self.repeated if k == key)
+        fields = self.fields
+        values = [fields[key]] if key in fields else []
+        if self._repeated:
+            values.extend(v for k, v in self._repeated if k == key)
         return values
 
     def timestamp(self) -> float | None:
         """The event's ``Timestamp`` (sent when the manager has ``timestampevents``)."""
-        ts = self.fields.get("Timestamp")
+        ts = self.get("Timestamp")
         if ts is None:
             return None
         try:
@@ -102,8 +175,8 @@ class Message:
 
     def items(self) -> Iterator[tuple[str, str]]:
         yield from self.fields.items()
-        if self.repeated:
-            yield from self.repeated
+        if self._repeated:
+            yield from self._repeated
 
     def encode(self) -> bytes:
         """Serialise back to wire bytes (the simulator and tests use this)."""
@@ -171,9 +244,11 @@ class Decoder:
             for block in text.split(self._text_sep):
                 body = block.lstrip("\r\n") if block[:1] in ("\r", "\n") else block  # stray blank lines
                 if body:
-                    msg = _parse(body, eol)
                     if len(body) > self.max_value:  # one len per message: only then look at values
+                        msg = _parse(body, eol)
                         self._truncate(msg)
+                    else:
+                        msg = Message._unparsed(body, eol)
                     out.append(msg)
         # Blank lines between messages (some proxies add them) are not messages.
         while buf[:2] == b"\r\n" or buf[:1] == b"\n":

@@ -101,7 +101,7 @@ class CallModel:
 
     def apply(self, msg: Message, now: float | None = None) -> list[DomainEvent]:
         """Fold one AMI message into the model; return what changed, in order."""
-        name = msg.fields.get("Event")
+        name = msg.event  # from the text: an event no handler wants is never parsed
         if name is None:
             return []
         handler = _HANDLERS.get(name)
@@ -109,7 +109,7 @@ class CallModel:
             return []
         # The two most frequent events rarely matter: decide that before parsing anything.
         if name == "VarSet":
-            var = msg.fields.get("Variable", "")
+            var = msg.get("Variable") or ""
             if var != "QUEUESTATUS" and not var.startswith("CTI_"):
                 return []
         elif name == "Newexten" and not self._ringing_exten:
