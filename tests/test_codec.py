@@ -124,3 +124,26 @@ def test_a_megabyte_value_is_truncated_and_the_link_survives(chunk: int) -> None
     assert channel.fields["CallerIDName"] == "N" * MAX_VALUE and decoder.truncated == 1
     assert (channel.fields["Uniqueid"], channel.fields["Linkedid"]) == ("1.1", "1.1"), "later fields kept"
     assert hangup.fields == {"Event": "Hangup", "Uniqueid": "1.1"} and decoder.pending == 0
+
+
+_KEYS = ["Event", "Response", "ActionID", "Variable", "Value", "Linkedid", "X"]
+_LINE = st.one_of(
+    st.tuples(st.sampled_from(_KEYS), st.text(alphabet="ab: CTI_x", max_size=8)).map(lambda kv: f"{kv[0]}: {kv[1]}"),
+    st.sampled_from(_KEYS).map(lambda k: f"{k}:"),  # a key with an empty value and no space
+    st.just("--END COMMAND--"),  # a body line
+)
+
+
+@given(st.lists(_LINE, min_size=1, max_size=8), st.sampled_from(["\r\n", "\n"]))
+def test_unparsed_message_answers_as_the_parsed_one(lines: list[str], eol: str) -> None:
+    """``get``/``event``/``action_id`` read from the text must agree with the full parse, whatever the shape."""
+    text = eol.join(lines)
+    eager = Message._unparsed(text, eol)
+    want = dict(eager.fields)
+    for key in _KEYS:
+        lazy = Message._unparsed(text, eol)
+        assert lazy.get(key) == want.get(key), (key, text)
+    lazy = Message._unparsed(text, eol)
+    assert (lazy.event, lazy.response, lazy.action_id) == (want.get("Event"), want.get("Response"),
+                                                           want.get("ActionID"))
+    assert lazy == eager and lazy.repeated == eager.repeated and lazy.body == eager.body

@@ -105,13 +105,16 @@ class Message:
     def _first(self, key: str) -> str | None:
         """The first value of ``key``, found in the unparsed text (a line starts with ``key: ``)."""
         text, eol = self._text, self._eol
+        empty = key + ":"
+        if empty + eol in text or text.endswith(empty):  # ``Key:`` with no value somewhere: let the parse decide
+            return self.fields.get(key)
         prefix = key + ": "
         if text.startswith(prefix):
             start = len(prefix)
         else:
             at = text.find(eol + prefix)
-            if at < 0:  # absent, or only as ``Key:`` with nothing after it: the full parse decides
-                return self.fields.get(key) if key + ":" in text else None
+            if at < 0:
+                return None
             start = at + len(eol) + len(prefix)
         end = text.find(eol, start)
         return text[start:] if end < 0 else text[start:end]
