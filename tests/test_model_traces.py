@@ -143,3 +143,25 @@ def test_every_call_ends_once(name: str) -> None:
     ended = [e.linkedid for e in out if e.type == ev.CALL_FINISHED]
     arrived = [e.linkedid for e in out if e.type == ev.CALL_ARRIVED]
     assert sorted(ended) == sorted(arrived) and len(set(ended)) == len(ended)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_live_calls_survive_the_store_encoding(name: str) -> None:
+    """The model store writes calls with orjson's dataclass encoding: it must read back as the same call,
+    and carry what call_to_dict says a call is, at every step of every capture."""
+    import json
+
+    import orjson
+
+    from cti.model.state import call_from_dict, call_to_dict
+
+    model, decoder = CallModel(agents=AGENTS), Decoder()
+    checked = 0
+    for msg in decoder.feed(trace_bytes(name)):
+        model.apply(msg)
+        for call in model.calls.values():
+            stored = orjson.loads(orjson.dumps(call))
+            assert stored == json.loads(json.dumps(call_to_dict(call)))
+            assert call_from_dict(stored) == call
+            checked += 1
+    assert checked

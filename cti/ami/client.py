@@ -479,7 +479,8 @@ class AmiClient:
             self.stats.malformed += 1
             self._log.warning("ami.malformed_message", keys=list(msg.fields)[:8])
             return
-        action_id = msg.action_id
+        # An event carries an ActionID only as part of a list reply: look only while an action waits.
+        action_id = msg.action_id if self._pending or msg.event is None else None
         if action_id is not None:
             pending = self._pending.get(action_id)
             if pending is not None and pending.offer(msg):

@@ -57,7 +57,7 @@ class Message:
     at their name, which :attr:`event` and :meth:`get` take from the text itself.
     """
 
-    __slots__ = ("_body", "_eol", "_fields", "_repeated", "_text")
+    __slots__ = ("_body", "_eol", "_event", "_fields", "_repeated", "_text")
 
     def __init__(self, fields: dict[str, str], repeated: list[tuple[str, str]] | None = None,
                  body: list[str] | None = None) -> None:
@@ -66,11 +66,13 @@ class Message:
         self._body = body
         self._text = ""
         self._eol = "\r\n"
+        self._event: str | None = fields.get("Event")
 
     @classmethod
     def _unparsed(cls, text: str, eol: str) -> Message:
         msg = cls.__new__(cls)
         msg._fields, msg._repeated, msg._body, msg._text, msg._eol = None, None, None, text, eol
+        msg._event = msg._first("Event")  # every consumer asks for it, most ask for nothing else
         return msg
 
     def _parse(self) -> dict[str, str]:
@@ -105,23 +107,22 @@ class Message:
     def _first(self, key: str) -> str | None:
         """The first value of ``key``, found in the unparsed text (a line starts with ``key: ``)."""
         text, eol = self._text, self._eol
-        empty = key + ":"
-        if empty + eol in text or text.endswith(empty):  # ``Key:`` with no value somewhere: let the parse decide
-            return self.fields.get(key)
         prefix = key + ": "
         if text.startswith(prefix):
             start = len(prefix)
         else:
             at = text.find(eol + prefix)
-            if at < 0:
-                return None
+            if at < 0:  # absent, or only as ``Key:`` with nothing after it: the parse decides that
+                return self.fields.get(key) if key + ":" in text else None
+            if text.startswith(key + ":" + eol) or text.find(eol + key + ":" + eol, 0, at + len(eol)) >= 0:
+                return self.fields.get(key)  # an empty ``Key:`` comes first, and the first value counts
             start = at + len(eol) + len(prefix)
         end = text.find(eol, start)
         return text[start:] if end < 0 else text[start:end]
 
     @property
     def event(self) -> str | None:
-        return self.get("Event")
+        return self._event
 
     @property
     def response(self) -> str | None:

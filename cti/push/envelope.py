@@ -116,16 +116,22 @@ class MemorySequencer:
         return [await self.next(agent) for agent in agents]
 
 
-#: INCR, except that a key Redis does not have starts at the caller's floor (the clock in ms), not
-#: at 1 (a Redis that lost its data never hands out a number again), and that a counter behind the
-#: numbers this server handed out while Redis was away (ARGV[2]) catches up with them.
-_NEXT_SEQ = """
-local v = redis.call('INCR', KEYS[1])
-local want, floor, least = v, tonumber(ARGV[1]), tonumber(ARGV[2])
-if v == 1 and floor > want then want = floor end
-if least > want then want = least end
-if want ~= v then redis.call('SET', KEYS[1], want) end
-return want
+#: For each key, INCR, except that a key Redis does not have starts at the caller's floor (the clock
+#: in ms, ARGV[1]), not at 1 (a Redis that lost its data never hands out a number again), and that a
+#: counter behind the numbers this server handed out while Redis was away (ARGV[i + 1]) catches up
+#: with them. A whole batch is one script call: one command to pack and one reply to parse.
+_NEXT_SEQS = """
+local floor = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('INCR', key)
+  local want, least = v, tonumber(ARGV[i + 1])
+  if v == 1 and floor > want then want = floor end
+  if least > want then want = least end
+  if want ~= v then redis.call('SET', key, want) end
+  out[i] = want
+end
+return out
 """
 REDIS_WAIT_S = 1.0
 
@@ -146,7 +152,7 @@ class RedisSequencer:
         self._prefix = key_prefix
         self._floor = floor
         self._wait = wait
-        self._script = redis.register_script(_NEXT_SEQ)
+        self._script = redis.register_script(_NEXT_SEQS)
         self._last: dict[str, int] = {}  # the last number this server handed out, per agent
         self.local = 0  # numbers handed out while Redis was away
 
@@ -160,11 +166,10 @@ class RedisSequencer:
         """Every number in one round trip: a burst of pops costs one wait on Redis, not one each."""
         floor = self._floor()
         try:
-            async with asyncio.timeout(self._wait), self._redis.pipeline(transaction=False) as pipe:
-                for agent in agents:
-                    least = self._last.get(agent, 0) + 1
-                    await self._script(keys=[self.key(agent)], args=[floor, least], client=pipe)  # queued
-                values = [int(v) for v in await pipe.execute()]
+            async with asyncio.timeout(self._wait):
+                leasts = [self._last.get(agent, 0) + 1 for agent in agents]
+                values = [int(v) for v in await self._script(keys=[self.key(a) for a in agents],
+                                                             args=[floor, *leasts])]
         except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelling()
             values = []

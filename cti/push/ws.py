@@ -27,6 +27,9 @@ __all__ = ["WS_PATH", "WebSocketHub"]
 log = structlog.get_logger(__name__)
 
 WS_PATH: Final = "/ws/agents/{agent}"
+#: aiohttp's WebSocket writer waits only while the transport is paused (past its 64 KiB high-water
+#: mark); a frame that leaves the buffer well below that is written at once and needs no timer.
+_NO_WAIT_BELOW: Final = 32 * 1024
 
 
 @dataclass(eq=False, slots=True)
@@ -100,7 +103,9 @@ class WebSocketHub:
             log.warning("ws.origin_refused", agent=agent, origin=request.headers.get("Origin"))
             return web.json_response({"error_id": "origin-not-allowed", "message": "origin not allowed",
                                       "details": {"origin": request.headers.get("Origin")}}, status=403)
-        ws = web.WebSocketResponse(heartbeat=self._heartbeat)
+        # No permessage-deflate: a pop is a couple of KiB on a LAN, and zlib per frame per socket would be
+        # the biggest cost of a push (browsers always offer it; aiohttp accepts it by default).
+        ws = web.WebSocketResponse(heartbeat=self._heartbeat, compress=False)
         await ws.prepare(request)
         await ws.send_json({"type": "hello", "agent": agent, "v": VERSION})
         # Registered after the hello, so the hello is always the first frame.
@@ -157,8 +162,12 @@ class WebSocketHub:
                 continue
             text, seq = conn.queue[0]
             try:
-                async with asyncio.timeout(self._send_timeout):
-                    await conn.ws.send_frame(text, WSMsgType.TEXT)  # already UTF-8: no decode and re-encode
+                transport = conn.request.transport
+                if transport is not None and transport.get_write_buffer_size() + len(text) < _NO_WAIT_BELOW:
+                    await conn.ws.send_frame(text, WSMsgType.TEXT)  # below aiohttp's drain limit: cannot block
+                else:
+                    async with asyncio.timeout(self._send_timeout):
+                        await conn.ws.send_frame(text, WSMsgType.TEXT)  # already UTF-8: no decode and re-encode
             except TimeoutError:
                 log.warning("ws.slow_client_closed", agent=conn.agent, seq=seq, queued=len(conn.queue),
                             why="send_timeout")
