@@ -9,6 +9,10 @@ consumes it to EOF:
   panoramisk     panoramisk 1.4's AMIProtocol parse with a catch-all dispatch
   cti            our AMI client (socket + sans-IO codec + ordered consumer) + the call model reducer
 
+Live shape: the same readers on a stream a separate process writes one event per write at a
+steady rate (as Asterisk does), so a reader that keeps up gets one or two events per read and pays
+its per-read overhead on each; the figure is the reader's own CPU time per event.
+
 Latency: the PBX simulator offers calls at a fixed rate to many agents; a subscriber
 measures AgentCalled (the simulator's event Timestamp) to the MQTT message received.
 
@@ -74,6 +78,63 @@ async def serve_once(payload: bytes) -> tuple[asyncio.Server, int]:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+def _serve_paced(rate: float, events: int) -> None:
+    """Child process: one connection, greeting and login reply, then ``events`` events, one per write,
+    ``rate`` a second (on a schedule), then close. Prints the port first."""
+    import socket
+
+    blocks = _event_blocks()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        print(listener.getsockname()[1], flush=True)
+        conn, _ = listener.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(GREETING)
+            conn.settimeout(0.2)
+            try:
+                action = conn.recv(4096)
+            except TimeoutError:
+                action = b""
+            conn.settimeout(None)
+            if b"Action: Login" in action:
+                action_id = action.split(b"ActionID: ", 1)[1].split(b"\r\n", 1)[0]
+                conn.sendall(b"Response: Success\r\nActionID: " + action_id
+                             + b"\r\nMessage: Authentication accepted\r\n\r\n")
+            start = time.perf_counter()
+            for i in range(events):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0.0002:
+                    time.sleep(delay)
+                conn.sendall(blocks[i % len(blocks)])
+
+
+def _event_blocks() -> list[bytes]:
+    stream, _ = build_stream(1)
+    return [b + b"\r\n\r\n" for b in stream[len(GREETING):].split(b"\r\n\r\n") if b]
+
+
+async def live_shape(rate: float, events: int) -> dict[str, float]:
+    """CPU microseconds per event of each reader, on the one-event-per-write stream."""
+    readers: dict[str, Callable[[int], Awaitable[int]]] = {
+        "raw": read_raw, "minimal": read_minimal, "panoramisk": read_panoramisk,
+        "cti": functools.partial(read_cti, expected=events),
+    }
+    out = {}
+    for name, reader in readers.items():
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--serve-paced", str(rate), str(events), stdout=asyncio.subprocess.PIPE)
+        assert child.stdout is not None
+        port = int(await child.stdout.readline())
+        gc.collect()
+        cpu = time.process_time()
+        got = await reader(port)
+        out[name] = 1e6 * (time.process_time() - cpu) / events
+        await child.wait()
+        if abs(got - events) > 1:
+            raise SystemExit(f"{name}: counted {got} events, expected {events}")
+    return out
 
 
 async def read_raw(port: int) -> int:
@@ -189,7 +250,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="calls per second for the latency run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--live-rate", type=float, default=10_000, help="events/s of the one-event-per-write stream")
+    parser.add_argument("--live-events", type=int, default=50_000)
+    parser.add_argument("--serve-paced", nargs=2, type=float, help=argparse.SUPPRESS)  # the paced child
     args = parser.parse_args()
+    if args.serve_paced:
+        _serve_paced(args.serve_paced[0], int(args.serve_paced[1]))
+        return
 
     from cti.logs import configure_logging
 
@@ -198,6 +265,12 @@ def main() -> None:
     print(f"\n{'reader':<12}{'events/s':>12}{'vs panoramisk':>16}{'vs minimal':>12}")
     for name, rate in rates.items():
         print(f"{name:<12}{rate:>12,.0f}{rate / rates['panoramisk']:>15.2f}x{rate / rates['minimal']:>11.2f}x")
+    live = asyncio.run(live_shape(args.live_rate, args.live_events))
+    print(f"\nlive shape: {args.live_events} events written one per write at {args.live_rate:,.0f}/s "
+          f"by another process; reader CPU per event")
+    print(f"{'reader':<12}{'us/event':>12}{'vs panoramisk':>16}{'vs minimal':>12}")
+    for name, us in live.items():
+        print(f"{name:<12}{us:>12.1f}{live['panoramisk'] / us:>15.2f}x{live['minimal'] / us:>11.2f}x")
     if not args.skip_latency:
         from benchmarks.capacity import one_run
 

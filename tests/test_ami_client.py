@@ -59,6 +59,7 @@ class FakeAmi:
         self.refused = 0
         self.connections = 0
         self.writers: list[asyncio.StreamWriter] = []
+        self.after_login = b""  # written in the same breath as the Login reply
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> FakeAmi:
@@ -123,7 +124,7 @@ class FakeAmi:
         if name == "Login":
             if msg.get("Secret") == self.secret:
                 self.logins += 1
-                writer.write(reply(msg, Message="Authentication accepted"))
+                writer.write(reply(msg, Message="Authentication accepted") + self.after_login)
             else:
                 self.refused += 1
                 writer.write(reply(msg, "Error", Message="Authentication failed"))
@@ -244,6 +245,20 @@ async def test_events_are_delivered_in_arrival_order() -> None:
             await until(lambda: len(rec.events) == 1000, "1000 events")
     assert [int(m["Seq"]) for m in rec.events] == list(range(1000))
     assert client.stats.events == 1000
+
+
+async def test_a_flood_right_after_the_login_reply_is_read_whole() -> None:
+    """Several MB behind the Login reply fill (and pause) the reader during the login itself; the
+    session that follows must get every event of it, in order, and then the live ones."""
+    rec = Recorder()
+    async with FakeAmi() as fake:
+        fake.after_login = b"".join(event("UserEvent", Seq=str(i), Pad="x" * 300) for i in range(20_000))
+        client = make(fake, rec)
+        async with running(client):
+            await until(lambda: len(rec.events) == 20_000, "the flood")
+            await fake.send(event("UserEvent", Seq="20000"))
+            await until(lambda: len(rec.events) == 20_001, "a live event after it")
+    assert [int(m["Seq"]) for m in rec.events] == list(range(20_001))
 
 
 async def test_handler_exception_is_logged_and_delivery_goes_on() -> None:
@@ -594,3 +609,30 @@ async def test_a_megabyte_caller_name_keeps_the_link_and_the_event() -> None:
     [event] = [m for m in rec.events if m.event == "Newchannel"]
     assert len(event["CallerIDName"]) == 8192 and event["Linkedid"] == "1.1"
     assert [e for e in logs if e["event"] == "ami.value_truncated"]
+
+
+async def test_the_reader_resumes_a_transport_the_login_paused() -> None:
+    """Bytes that piled up during the login (past twice the limit, which pauses reading) go to the sink
+    at attach, and reading resumes: else a busy Asterisk's link would stall for good after login."""
+    from cti.ami.client import _FeedingReader
+
+    class Transport:
+        paused = False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+    reader = _FeedingReader(asyncio.get_running_loop())
+    transport = Transport()
+    reader.set_transport(transport)  # type: ignore[arg-type]
+    reader.feed_data(b"x" * 300_000)
+    assert transport.paused
+    got: list[bytes] = []
+    reader.attach(got.append)
+    assert not transport.paused and got == [b"x" * 300_000]
+    reader.feed_data(b"live")
+    reader.feed_eof()
+    assert got[-1] == b"live" and await reader.ended == "closed by server"

@@ -53,6 +53,60 @@ EventHandler = Callable[[Message], Awaitable[None]]
 ConnectHandler = Callable[["AmiClient"], Awaitable[None]]
 
 _READ_SIZE: Final = 65536
+_STREAM_LIMIT: Final = 1 << 16
+
+
+class _FeedingReader(asyncio.StreamReader):
+    """A StreamReader that, once attached to a callback, hands each chunk to a callback as the transport
+    delivers it instead of buffering it for a ``read()``: a live AMI link brings one or two events
+    per chunk, and waking a reader task for each was the largest cost of reading them.
+
+    The login still uses the ordinary ``read()``; ``ended`` resolves with why the stream stopped.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_STREAM_LIMIT, loop=loop)
+        self._sink: Callable[[bytes], None] | None = None
+        self.ended: asyncio.Future[str] = loop.create_future()
+
+    def attach(self, sink: Callable[[bytes], None]) -> None:
+        buffer: bytearray = self._buffer  # type: ignore[attr-defined]  # the base class's own buffer
+        buffered = bytes(buffer)  # arrived after the login reply, before this
+        buffer.clear()
+        self._sink = sink
+        # A flood right after the login reply may have paused reading (buffer over twice the limit),
+        # and only the base class's read() would resume it.
+        self._maybe_resume_transport()  # type: ignore[attr-defined]
+        if buffered:
+            sink(buffered)
+
+    def feed_data(self, data: bytes) -> None:  # type: ignore[override]  # the transport gives bytes
+        sink = self._sink
+        if sink is None:
+            super().feed_data(data)
+        elif not self.ended.done():
+            sink(data)
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        self.stop("closed by server")
+
+    def set_exception(self, exc: Exception) -> None:
+        super().set_exception(exc)
+        self.stop(f"read failed: {exc!r}")
+
+    def stop(self, reason: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+
+async def _open_connection(host: str, port: int) -> tuple[_FeedingReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` with our reader (its own body, which has no hook for the reader's class)."""
+    loop = asyncio.get_running_loop()
+    reader = _FeedingReader(loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 _CLOSE_GRACE: Final = 1.0  # seconds to let a closed socket flush before aborting it
 
 
@@ -329,7 +383,7 @@ class AmiClient:
                 pass
         self._log.info("ami.closed")
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Decoder, list[Message]]:
+    async def _open(self) -> tuple[_FeedingReader, asyncio.StreamWriter, Decoder, list[Message]]:
         """TCP connect, greeting and Login within ``connect_timeout``; foreign errors translated here."""
         cfg = self._config
         login_id = f"cti-{next(self._ids)}"
@@ -338,7 +392,7 @@ class AmiClient:
         )  # a CR/LF in the configured secret is a config bug: raised out of run()
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
+                reader, writer = await _open_connection(cfg.host, cfg.port)
             self.stats.session_bytes = 0
         except (OSError, TimeoutError) as exc:
             raise AmiConnectionError(f"cannot connect: {exc!r}") from exc
@@ -377,7 +431,7 @@ class AmiClient:
         return reader, writer, decoder, early
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder, early: list[Message]
+        self, reader: _FeedingReader, writer: asyncio.StreamWriter, decoder: Decoder, early: list[Message]
     ) -> str:
         """Run one logged-in connection until it ends; return why it ended."""
         self._generation += 1
@@ -400,15 +454,11 @@ class AmiClient:
             await self._close_writer(writer)
         return self._drop_reason or reason
 
-    async def _read_loop(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
+    async def _read_loop(self, reader: _FeedingReader, decoder: Decoder) -> None:
         truncated = decoder.truncated
-        while True:
-            try:
-                data = await reader.read(_READ_SIZE)
-            except OSError as exc:
-                raise self._end(f"read failed: {exc!r}") from exc
-            if not data:
-                raise self._end(self._drop_reason or "closed by server")
+
+        def on_data(data: bytes) -> None:  # in the transport's callback: no await, no task switch
+            nonlocal truncated
             self.stats.bytes += len(data)
             self.stats.session_bytes += len(data)
             try:
@@ -416,7 +466,8 @@ class AmiClient:
             except ProtocolError as exc:
                 self.stats.malformed += 1
                 self._log.error("ami.protocol_error", error=str(exc))
-                raise self._end(f"protocol error: {exc}") from exc
+                reader.stop(f"protocol error: {exc}")
+                return
             if decoder.truncated != truncated:
                 if truncated // _LOG_EVERY != decoder.truncated // _LOG_EVERY or not truncated:
                     self._log.warning("ami.value_truncated", values=decoder.truncated, limit=decoder.max_value,
@@ -424,6 +475,10 @@ class AmiClient:
                 truncated = decoder.truncated
             for msg in messages:
                 self._route(msg)
+
+        reader.attach(on_data)
+        reason = await reader.ended
+        raise self._end(self._drop_reason or reason)
 
     async def _ping_loop(self) -> None:
         """Half-open TCP detection: any reply to Ping within ping_timeout proves the link."""

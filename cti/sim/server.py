@@ -149,10 +149,13 @@ class AmiServer(TcpListener):
         return sum(conn.sent for conn in self._conns.values())
 
     def _broadcast(self, events: list[Message]) -> None:
+        """One write per event, as Asterisk's manager does: a client that keeps up reads them one or two
+        at a time (the live shape, and the costly one), not in the large chunks a batch would make."""
+        encoded = [e.encode() for e in events]
         for conn in list(self._conns.values()):
-            data = b"".join(e.encode() for e in events if conn.wants(e))
-            if data:
-                conn.send(data)
+            for event, data in zip(events, encoded, strict=True):
+                if conn.wants(event):
+                    conn.send(data)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
