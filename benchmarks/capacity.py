@@ -409,6 +409,52 @@ def top_costs(collapsed: Path, limit: int = 25) -> list[tuple[str, float, float]
     return [(name, inclusive[name] / total, own.get(name, 0) / total) for name in ranked]
 
 
+def chart_svg(rows: list[dict[str, Any]], title: str) -> str:
+    """p99 pop latency against call rate, both transports and their bare baselines, log scale (no plotting
+    library: the README embeds the file)."""
+    import math
+
+    width, height, left, bottom, top, right = 640, 360, 60, 40, 30, 150
+    series = [("p99_ms", "cti MQTT p99", "#d62728"), ("ws_p99_ms", "cti WebSocket p99", "#1f77b4"),
+              ("bare_mqtt_p99_ms", "bare MQTT QoS 1 p99", "#ff9896"),
+              ("bare_ws_p99_ms", "bare WebSocket p99", "#aec7e8")]
+    rates = [r["rate"] for r in rows]
+    values = [r[k] for r in rows for k, *_ in series if r[k]]
+    lo, hi = math.log10(max(min(values), 0.05)), math.log10(max(values) * 1.2)
+    hi = max(hi, lo + 1)
+
+    def x(rate: float) -> float:
+        return left + (width - left - right) * (rates.index(rate) / max(len(rates) - 1, 1))
+
+    def y(ms: float) -> float:
+        return top + (height - top - bottom) * (1 - (math.log10(max(ms, 0.05)) - lo) / (hi - lo))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{left}" y="18" font-size="13">{title}</text>']
+    for decade in range(math.floor(lo), math.ceil(hi) + 1):
+        for ms in (10 ** decade,):
+            if lo <= math.log10(ms) <= hi:
+                out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(ms):.1f}" y2="{y(ms):.1f}" stroke="#eee"/>'
+                           f'<text x="{left - 6}" y="{y(ms) + 4:.1f}" text-anchor="end">{ms:g} ms</text>')
+    knee_y = y(KNEE_P99_S * 1000)
+    out.append(f'<line x1="{left}" x2="{width - right}" y1="{knee_y:.1f}" y2="{knee_y:.1f}" stroke="#999" '
+               f'stroke-dasharray="4 3"/><text x="{width - right + 4}" y="{knee_y + 4:.1f}">10 ms</text>')
+    for rate in rates:
+        out.append(f'<text x="{x(rate):.1f}" y="{height - bottom + 16}" text-anchor="middle">{rate:g}</text>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">calls/s offered</text>')
+    for i, (key, label, colour) in enumerate(series):
+        points = [(x(r["rate"]), y(r[key])) for r in rows if r[key]]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+        out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>' for px, py in points]
+        ly = top + 16 * i
+        out.append(f'<line x1="{width - right + 8}" x2="{width - right + 24}" y1="{ly}" y2="{ly}" '
+                   f'stroke="{colour}" stroke-width="2"/><text x="{width - right + 28}" y="{ly + 4}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(1000 * value, 2)
 
@@ -437,6 +483,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per rate; the median is reported")
     parser.add_argument("--agents", type=int, default=250)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument("--chart", type=Path, metavar="SVG", help="write p99 latency against call rate as SVG")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the server with py-spy during each window; print its top costs")
     parser.add_argument("--role", choices=["sim", "clients"], help=argparse.SUPPRESS)  # a child of a run
@@ -475,6 +522,9 @@ def main() -> None:
                   f"WS {r['ws_p50_ms']}/{r['ws_p99_ms']} ms (bare {r['bare_ws_p50_ms']}/{r['bare_ws_p99_ms']}), "
                   f"unmeasured {r['unmeasured']:.0f}, in-server pop mean {r['server_pop_mean_ms']} ms", flush=True)
     result = {"rates": rows, "knee": knee(rows)}
+    if args.chart:
+        args.chart.write_text(chart_svg(rows, f"Screen pop latency, median of {args.runs} runs, "
+                                              f"{args.agents} agents ({time.strftime('%Y-%m-%d')})"))
     if args.json:
         print(json.dumps(result))
     else:
