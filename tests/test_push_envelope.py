@@ -38,9 +38,19 @@ async def test_redis_sequencer_counts_per_agent_and_survives_a_new_instance(redi
     seq = RedisSequencer(redis_client, key_prefix="t:", floor=lambda: 1000)
     assert [await seq.next("alice") for _ in range(3)] == [1000, 1001, 1002]
     assert await seq.next_many(["bob", "alice", "bob"]) == [1000, 1003, 1001]
+    assert seq.reservations == 2, "one round trip per batch that needed a block, none within a block"
+    assert await redis_client.get("t:agent:alice:seq") == b"1063", "a block of 64 reserved"
     again = RedisSequencer(redis_client, key_prefix="t:", floor=lambda: 5000)  # a restarted (or second) server
-    assert await again.next("alice") == 1004, "an existing counter goes on: the floor is for a missing key"
-    assert await redis_client.get("t:agent:alice:seq") == b"1004"
+    assert await again.next("alice") == 1064, "the counter goes on past the first block: the floor is for a missing key"
+    assert await seq.next("alice") == 1004, "the first server still owns its block"
+
+
+async def test_a_batch_longer_than_a_block_is_numbered_in_order(redis_client: aioredis.Redis) -> None:
+    seq = RedisSequencer(redis_client, key_prefix="t:", floor=lambda: 1, block=4)
+    assert await seq.next_many(["alice"] * 3) == [1, 2, 3]
+    assert await seq.next_many(["alice"] * 10 + ["bob"]) == [*range(4, 14), 1]
+    assert await seq.next_many(["alice"]) == [14]
+    assert int(await redis_client.get("t:agent:alice:seq")) >= 14
 
 
 async def test_sequence_never_goes_back_when_redis_loses_its_data(redis_client: aioredis.Redis) -> None:
@@ -80,16 +90,17 @@ async def test_numbers_go_on_while_redis_is_away_and_redis_catches_up(tmp_path: 
     clock = [2_000_000]
     port = free_port()
     client = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=1, socket_connect_timeout=1)
-    seq = RedisSequencer(client, key_prefix="t:", floor=lambda: clock[0], wait=0.5)
+    seq = RedisSequencer(client, key_prefix="t:", floor=lambda: clock[0], wait=0.5, block=4)
     try:
         with redis_server(tmp_path, port):
-            assert await seq.next_many(["alice", "alice"]) == [2_000_000, 2_000_001]
-        clock[0] += 3  # redis-server is gone: numbers come from here, never behind the last one
-        assert await seq.next_many(["alice", "bob"]) == [2_000_003, 2_000_003] and seq.local == 2
-        assert await seq.next("alice") == 2_000_004
+            assert await seq.next_many(["alice", "alice"]) == [2_000_000, 2_000_001]  # block ..003
+        clock[0] += 3  # redis-server is gone: alice's block goes on, bob is numbered here from the clock
+        assert await seq.next_many(["alice", "bob"]) == [2_000_002, 2_000_003] and seq.local == 1
+        assert await seq.next_many(["alice", "alice"]) == [2_000_003, 2_000_004], "block used up: the clock"
+        assert seq.local == 2
         with redis_server(tmp_path, port):  # back, and empty: it did not persist
             back = await seq.next_many(["alice", "bob"])
             assert back == [2_000_005, 2_000_004] and seq.local == 0, "Redis's counters caught up"
-            assert int(await client.get("t:agent:alice:seq")) == 2_000_005
+            assert int(await client.get("t:agent:alice:seq")) == 2_000_008  # 2_000_005 + a block of 4
     finally:
         await client.aclose()
