@@ -201,7 +201,7 @@ async def read_cti(port: int, expected: int) -> int:
     count = 0
     done = asyncio.Event()
 
-    async def on_event(msg: Message) -> None:
+    def on_event(msg: Message) -> None:  # plain, as the server's: called from the read path
         nonlocal count
         count += 1
         model.apply(msg)

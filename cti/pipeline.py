@@ -116,7 +116,8 @@ class EventPipeline:
         slot = self._customers.get(linkedid)
         return slot.record if slot is not None else None
 
-    async def on_event(self, msg: Message) -> None:
+    def on_event(self, msg: Message) -> None:
+        """Synchronous: the AMI client calls it straight from the read path when nothing is queued."""
         for event in self.model.apply(msg, self._clock()):
             self._dispatch(event)
 

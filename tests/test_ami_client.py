@@ -502,8 +502,10 @@ async def test_protocol_error_drops_and_reconnects() -> None:
             assert client.stats.malformed >= 1
 
 
-async def test_on_connect_resync_works_while_events_stream() -> None:
-    """on_connect awaits action_list while a burst of events waits behind it: no deadlock."""
+@pytest.mark.parametrize("plain", [False, True], ids=["coroutine_handler", "plain_handler"])
+async def test_on_connect_resync_works_while_events_stream(plain: bool) -> None:
+    """on_connect awaits action_list while a burst of events waits behind it: no deadlock. A plain
+    handler (called straight from the read path when nothing is queued) keeps the same order."""
     log: list[str] = []
     items: list[Message] = []
 
@@ -525,6 +527,9 @@ async def test_on_connect_resync_works_while_events_stream() -> None:
     async def on_event(msg: Message) -> None:
         log.append(msg.get("Seq", "?") or "?")
 
+    def on_event_plain(msg: Message) -> None:
+        log.append(msg.get("Seq", "?") or "?")
+
     async with FakeAmi() as fake:
         fake.replies["CoreShowChannels"] = channels
         original = fake._answer
@@ -535,12 +540,16 @@ async def test_on_connect_resync_works_while_events_stream() -> None:
                 w.write(b"".join(event("VarSet", Seq=str(i)) for i in range(500)))
 
         fake._answer = answer_then_burst  # type: ignore[method-assign]
-        client = AmiClient(config=fake.config(), on_event=on_event, on_connect=on_connect)
+        client = AmiClient(config=fake.config(), on_event=on_event_plain if plain else on_event,
+                           on_connect=on_connect)
         async with running(client):
             await until(lambda: len(log) == 1002, "resync + 1001 events")
+            await fake.send(event("Newstate", Seq="1001"))  # the queue is empty now: delivered directly
+            await until(lambda: len(log) == 1003, "a live event after the resync")
     assert log[0] == "<resynced>"
-    assert log[1:] == [str(i) for i in range(1001)]
+    assert log[1:] == [str(i) for i in range(1002)]
     assert [m["Channel"] for m in items] == ["PJSIP/1001-1", "PJSIP/1002-2"]
+    assert client.stats.events == 1002
 
 
 async def test_request_resync_reruns_on_connect_in_order_on_the_same_connection() -> None:

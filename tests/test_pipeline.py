@@ -50,7 +50,7 @@ class Directory:
 
 async def feed(pipeline: EventPipeline, name: str, stop_at: str | None = None) -> None:
     for msg in Decoder().feed(trace_bytes(name)):
-        await pipeline.on_event(msg)
+        pipeline.on_event(msg)
         if stop_at and msg.event == stop_at:
             return
 

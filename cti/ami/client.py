@@ -23,6 +23,7 @@ keep streaming in behind it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import random
 import time
@@ -49,7 +50,10 @@ __all__ = ["AmiClient", "AmiStats", "ConnectHandler", "EventHandler"]
 STABLE_AFTER_S = 1.0  # a logged-in session up this long resets the reconnect backoff
 _LOG_EVERY = 1000  # bad input is logged the first time and then once per this many
 
-EventHandler = Callable[[Message], Awaitable[None]]
+#: Called once per event, in arrival order. A plain function is called from the read path itself
+#: while nothing is queued before the event (no task switch per event); a coroutine function always
+#: runs in the consumer task. Either way it must not block.
+EventHandler = Callable[[Message], Awaitable[None]] | Callable[[Message], None]
 ConnectHandler = Callable[["AmiClient"], Awaitable[None]]
 
 _READ_SIZE: Final = 65536
@@ -202,6 +206,9 @@ class AmiClient:
         that drops each login at once still backs off)."""
         self._config = config
         self._on_event = on_event
+        self._direct: Callable[[Message], None] | None = (
+            None if inspect.iscoroutinefunction(on_event) else on_event)  # type: ignore[assignment]
+        self._busy = False  # the consumer holds an item: later events must queue behind it
         self._on_connect = on_connect
         self._rng = rng or random.Random()
         self._clock = clock
@@ -552,6 +559,9 @@ class AmiClient:
         self._enqueue(msg)
 
     def _enqueue(self, item: Message | _Connected) -> None:
+        if self._direct is not None and not self._backlog and not self._busy and isinstance(item, Message):
+            self._deliver(self._direct, item)  # nothing before it: no need to go through the consumer
+            return
         self._backlog.append(item)  # unbounded on purpose: the reader must never wait for on_event
         self._wakeup.set()
         size = len(self._backlog)
@@ -561,8 +571,15 @@ class AmiClient:
         elif self._backlog_warned and size < self._backlog_warning // 2:
             self._backlog_warned = False
 
+    def _deliver(self, handler: Callable[[Message], None], msg: Message) -> None:
+        self.stats.events += 1
+        try:
+            handler(msg)
+        except Exception:
+            self._log.exception("ami.on_event_failed", event_name=msg.event)
+
     async def _consume(self) -> None:
-        """The one task that calls user code, strictly in arrival order."""
+        """The one task that calls user code when events queue up, strictly in arrival order."""
         backlog, wakeup = self._backlog, self._wakeup
         while True:
             if not backlog:
@@ -570,15 +587,21 @@ class AmiClient:
                 await wakeup.wait()
                 continue
             item = backlog.popleft()
-            if isinstance(item, _Connected):
-                self._resync_queued = False
-                await self._run_on_connect(item)
-                continue
-            self.stats.events += 1
+            self._busy = True
             try:
-                await self._on_event(item)
-            except Exception:
-                self._log.exception("ami.on_event_failed", event_name=item.event)
+                if isinstance(item, _Connected):
+                    self._resync_queued = False
+                    await self._run_on_connect(item)
+                elif self._direct is not None:
+                    self._deliver(self._direct, item)
+                else:
+                    self.stats.events += 1
+                    try:
+                        await self._on_event(item)  # type: ignore[misc]
+                    except Exception:
+                        self._log.exception("ami.on_event_failed", event_name=item.event)
+            finally:
+                self._busy = False
 
     async def _run_on_connect(self, marker: _Connected) -> None:
         if self._on_connect is None:
