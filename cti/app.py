@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -20,6 +21,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from cti.agents import AgentRegistry
+from cti.agi import AgiServer, AgiSettings, IvrResult, customer_directory
 from cti.ami.client import AmiClient
 from cti.config import Config
 from cti.directory.cache import CachedDirectory
@@ -36,6 +38,7 @@ from cti.push.ws import WebSocketHub
 from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
 from cti.web.routes import WebState
+from ivr_flows import Flow, FlowError, load_flows
 
 __all__ = ["CtiServer", "StartupError", "run_demo", "run_server"]
 
@@ -69,6 +72,9 @@ class CtiServer:
         self.directory: RedisDirectory
         self.customer_cache: CachedDirectory
         self.customers = 0  # in the directory, as last counted
+        self.agi: AgiServer | None = None
+        self.flows: dict[str, Flow] = {}
+        self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
 
     async def __aenter__(self) -> CtiServer:
         try:
@@ -79,6 +85,8 @@ class CtiServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.agi is not None:  # callers still in a flow finish while the AMI path is still up
+            await self.agi.close()
         for task in self._tasks:
             task.cancel()
         await self._stack.aclose()
@@ -140,8 +148,32 @@ class CtiServer:
         if cfg.ami.resync_interval > 0:
             interval = cfg.ami.resync_interval
             self._tasks.append(sup.start("cti.resync", lambda: self._periodic_resync(interval)))
+        if cfg.agi.enabled:
+            await self._start_agi()
         log.info("server.started", http=f"http://{cfg.http.host}:{self.http_port}/",
                  ami=f"{cfg.ami.host}:{cfg.ami.port}", agents=len(cfg.agents))
+
+    async def _start_agi(self) -> None:
+        cfg = self.config.agi
+        try:
+            self.flows = load_flows(cfg.flows)
+        except FlowError as exc:
+            raise StartupError(f"IVR flows not loaded: {exc}") from exc
+        server = AgiServer(flows=lambda: self.flows, directory=customer_directory(self.directory),
+                           on_end=self._ivr_ended,
+                           settings=AgiSettings(**cfg.model_dump(exclude={"enabled", "flows"})))
+        try:
+            self.agi = await self._stack.enter_async_context(server)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for FastAGI on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
+        log.info("agi.listening", host=cfg.host, port=self.agi.port, flows=sorted(self.flows))
+
+    def _ivr_ended(self, result: IvrResult) -> None:
+        """Until CTI routing mode takes the caller from here, the result is logged and counted; the
+        path and inputs reach the call (and its pops) as the CTI_* variables the flow set."""
+        self.ivr_ended[result.kind] += 1
+        log.info("ivr.ended", flow=result.flow, version=result.version, channel=result.channel, end=result.kind,
+                 entry_point=result.entry_point, path=list(result.path))
 
     async def _gauges(self) -> None:
         """Copy the client's plain counters to Prometheus once a second, off the per-event path."""
@@ -232,6 +264,9 @@ class CtiServer:
             "notifier": {"backlog": self.notifier.backlog},
             "websocket": {"connections": self.hub.connections(), "slow_closed": self.hub.slow_closed},
             "tasks": self.supervisor.snapshot(),
+            "agi": None if self.agi is None else {
+                "sessions": self.agi.active_sessions, "connections": self.agi.open_connections,
+                "ended": dict(self.ivr_ended)},
             "live_calls": len(self.model.calls),
             "uptime_s": round(time.time() - self.started_at, 1),
         }

@@ -338,5 +338,106 @@ def directory_import(source: Path, config_path: Path | None, encoding: str | Non
                    f"customers match as usual", err=True)
 
 
+@main.group()
+def ivr() -> None:
+    """IVR flows (agi.flows): try them without a phone, or call the FastAGI server as Asterisk would."""
+
+
+def _flow(config: Config, name: str) -> Any:
+    from ivr_flows import FlowError, load_flow, load_flows
+
+    try:
+        if name.endswith((".yaml", ".yml")) or "/" in name:
+            return load_flow(name)
+        flows = load_flows(config.agi.flows)
+    except FlowError as exc:
+        raise click.ClickException(str(exc)) from None
+    if name not in flows:
+        raise click.ClickException(
+            f"no flow {name!r} in {config.agi.flows} (there: {', '.join(sorted(flows)) or 'none'})")
+    return flows[name]
+
+
+@ivr.command("try")
+@click.argument("flow")
+@click.option("--caller", default="13800000001", show_default=True, help="the calling number")
+@click.option("--keys", default="", help='what the caller does, in order: "2,timeout,1", "hangup"')
+@click.option("--at", "at", default=None, metavar="ISO-TIME", help="when the call comes, with offset (default now)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object: path, vars, end, entry_point ...")
+@config_option
+def ivr_try(*, flow: str, caller: str, keys: str, at: str | None, as_json: bool, config_path: Path | None) -> None:
+    """Run FLOW (an id in agi.flows or a .yaml path) for --caller pressing --keys; no PBX, no Redis.
+
+    The caller is looked up in the config's directory source file, as the server would in Redis.
+    """
+    from datetime import UTC, datetime
+
+    from cti.directory.importer import DirectoryImportError, load_customers
+    from cti.directory.numbers import normalise_number
+    from ivr_flows import try_flow
+
+    config = _load(config_path)
+    chosen = _flow(config, flow)
+    records: dict[str, dict[str, object]] = {}
+    if config.directory.source is not None:
+        try:
+            for customer in load_customers(config.directory.source):
+                records.update({n: customer.model_dump() for n in customer.numbers})
+                records.setdefault(customer.id, customer.model_dump())
+        except DirectoryImportError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        now = datetime.fromisoformat(at) if at else datetime.now(UTC)
+    except ValueError:
+        raise click.BadParameter(f"{at!r} is not an ISO time", param_hint="--at") from None
+    if now.tzinfo is None:
+        raise click.BadParameter("give a UTC offset, e.g. 2026-11-23T21:30+08:00", param_hint="--at")
+    try:
+        out = try_flow(chosen, caller, keys, lambda v: records.get(normalise_number(v) or v) or records.get(v), now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keys") from None
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    click.echo(f"{out['flow']}@{out['version']}: {out['end']}"
+               + (f" -> {out['entry_point']}" if out.get("entry_point") else ""))
+    click.echo("  path:    " + " > ".join(out["path"]))
+    click.echo("  inputs:  " + (", ".join(out["inputs"]) or "(none)"))
+    click.echo("  prompts: " + (", ".join(out["prompts"]) or "(none)"))
+
+
+@ivr.command("call")
+@click.argument("flow")
+@click.option("--host", default=None, help="default: agi.host")
+@click.option("--port", type=int, default=None, help="default: agi.port")
+@click.option("--caller", default="13800000001", show_default=True)
+@click.option("--keys", default="", help='what the caller does, in order: "2,timeout,1", "hangup"')
+@click.option("--barge-in", is_flag=True, help="keys interrupt prompts, as on a phone")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+def ivr_call(*, flow: str, host: str | None, port: int | None, caller: str, keys: str, barge_in: bool,
+             as_json: bool, config_path: Path | None) -> None:
+    """Call a running FastAGI server as Asterisk's AGI(agi://host:port/FLOW) would; print the transcript."""
+    import dataclasses
+
+    from cti.sim.agi_caller import Scenario, agi_env, place_call
+
+    config = _load(config_path)
+    host, port = host or config.agi.host, port or config.agi.port
+    try:
+        record = asyncio.run(place_call(host, port, agi_env(flow, host=host, port=port, caller=caller),
+                                        Scenario(keys=keys, barge_in=barge_in), timeout=120))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keys") from None
+    except TimeoutError:
+        raise click.ClickException("the call did not end within 120 s") from None
+    except OSError as exc:
+        raise click.ClickException(f"no FastAGI server at {host}:{port}: {_one_line(exc)}") from None
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(record), ensure_ascii=False))
+        return
+    click.echo("\n".join(record.transcript))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,6 +24,7 @@ from pydantic import (
 
 __all__ = [
     "AgentConfig",
+    "AgiConfig",
     "AmiConfig",
     "Config",
     "ConfigError",
@@ -164,6 +165,23 @@ class SimConfig(_Model):
         return cls.model_validate(settings | overrides)
 
 
+class AgiConfig(_Model):
+    """The FastAGI server for ``AGI(agi://host:port/<flow>)``; no authentication: keep it on loopback or a LAN."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(4573, ge=0, le=65535)
+    flows: Path = Field(Path("ivr"), description="directory of flow files (*.yaml), relative to this file")
+    max_sessions: int = Field(1000, ge=1)
+    max_connections: int = Field(2000, ge=1, description="keep below ulimit -n")
+    header_timeout: float = Field(5.0, gt=0)
+    reply_timeout: float = Field(60.0, gt=0, description="per command, beyond the command's own wait")
+    exec_timeout: float = Field(600.0, gt=0)
+    lookup_timeout: float = Field(2.0, gt=0)
+    on_end_timeout: float = Field(5.0, gt=0)
+    drain_timeout: float = Field(10.0, ge=0)
+
+
 class Config(_Model):
     ami: AmiConfig = AmiConfig()
     redis: RedisConfig = RedisConfig()
@@ -172,6 +190,7 @@ class Config(_Model):
     agents: list[AgentConfig] = []
     directory: DirectoryConfig = DirectoryConfig()
     sim: SimConfig = SimConfig()
+    agi: AgiConfig = AgiConfig()
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @model_validator(mode="after")
@@ -272,4 +291,7 @@ def load_config(path: Path | str | None, environ: Mapping[str, str] | None = Non
     if config.directory.source is not None and path is not None and not config.directory.source.is_absolute():
         resolved = (Path(path).parent / config.directory.source).resolve()
         config = config.model_copy(update={"directory": DirectoryConfig(source=resolved)})
+    if path is not None and not config.agi.flows.is_absolute():
+        config = config.model_copy(update={"agi": config.agi.model_copy(update={
+            "flows": (Path(path).parent / config.agi.flows).resolve()})})
     return config

@@ -16,7 +16,7 @@ from typing import Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ivr_flows.schedule import Schedule
-from ivr_flows.values import NAME_PATTERN, Value, as_number, as_text
+from ivr_flows.values import NAME_PATTERN, Value, as_number, as_text, regex_or_none
 
 __all__ = ["Test", "evaluate"]
 
@@ -48,12 +48,7 @@ class Test(BaseModel):
     @field_validator("matches")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
-        return value
+        return regex_or_none(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Test:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from ivr_flows.conditions import Test
 from ivr_flows.schedule import Schedule
-from ivr_flows.values import NAME_PATTERN, Value
+from ivr_flows.values import NAME_PATTERN, Value, regex_or_none
 
 __all__ = [
     "CallbackNode",
@@ -194,12 +194,7 @@ class CollectNode(_Model):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
-        return value
+        return regex_or_none(value)
 
     @model_validator(mode="after")
     def _lengths(self) -> CollectNode:

@@ -60,3 +60,13 @@ def resolve_value(value: Value, variables: Mapping[str, Value]) -> Value:
 def references(value: Value) -> list[str]:
     """The variable names a template reads."""
     return TEMPLATE.findall(value) if isinstance(value, str) else []
+
+
+def regex_or_none(value: str | None) -> str | None:
+    """A pydantic check: a pattern in a flow must compile (an admin's typo fails at load, not mid-call)."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+    return value

@@ -76,3 +76,19 @@ def test_serve_without_redis_says_so_and_exits(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "-c", str(config)])
     assert result.exit_code == 1
     assert "Redis at redis://127.0.0.1:" in result.output and "not reachable" in result.output
+
+
+def test_ivr_try_runs_the_shipped_hotline_without_a_pbx() -> None:
+    """A known VIP (config/customers.yaml) skips the menu to the vip entry point, account manager first."""
+    result = CliRunner().invoke(main, ["ivr", "try", "hotline", "--caller", "8613900000001", "--keys", "1",
+                                       "--at", "2026-12-02T10:00+08:00", "--json",
+                                       "-c", str(ROOT / "config" / "cti.yaml")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["end"], out["entry_point"]) == ("route", "vip")
+    assert out["requirements"]["preferred_agents"] == ["chen"] and out["vars"]["customer_id"] == "c-1002"
+    night = CliRunner().invoke(main, ["ivr", "try", "hotline", "--keys", "2,1", "--at", "2026-12-02T23:00+08:00",
+                                      "--json", "-c", str(ROOT / "config" / "cti.yaml")])
+    assert json.loads(night.stdout)["end"] in {"callback", "hangup"}, "after hours: no queue"
+    missing = CliRunner().invoke(main, ["ivr", "try", "nosuch", "-c", str(ROOT / "config" / "cti.yaml")])
+    assert missing.exit_code == 1 and "no flow 'nosuch'" in missing.output
