@@ -241,11 +241,42 @@ def replay(capture: BinaryIO, config_path: Path | None) -> None:
 @main.command("check-config")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False), required=False)
 def check_config(path: Path | None) -> None:
-    """Validate a config file (default config/cti.yaml) and the environment overrides; exit 1 if bad."""
+    """Validate a config file (default config/cti.yaml) and the environment overrides, the routing config
+    beside it (routing.yaml) and the IVR flows of agi.flows: unknown or unreachable nodes, loops with no
+    exit, missing prompts, entry points, skills or tiers routing does not have. Exit 1 on any error."""
+    from ivr_flows import FlowError, check_flow, load_flows
+    from routing.config import RoutingConfigError, load_routing_config
+
     config = _load(path)
     click.echo(f"ok: AMI {config.ami.username}@{config.ami.host}:{config.ami.port}, {len(config.agents)} agents, "
                f"Redis {config.redis.url}, MQTT {config.mqtt.host}:{config.mqtt.port}, "
                f"HTTP {config.http.host}:{config.http.port}")
+    where = (path if path is not None else DEFAULT_CONFIG).parent
+    routing = None
+    if (where / "routing.yaml").exists():
+        try:
+            routing = load_routing_config(where / "routing.yaml")
+        except RoutingConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"ok: routing {where / 'routing.yaml'}: {len(routing.entry_points)} entry points, "
+                   f"{len(routing.tiers)} tiers, policy {routing.policy}")
+    if not config.agi.flows.is_dir():
+        return
+    try:
+        flows = load_flows(config.agi.flows)
+    except FlowError as exc:
+        raise click.ClickException(str(exc)) from None
+    errors = 0
+    for name, flow in sorted(flows.items()):
+        problems = check_flow(flow, entry_points=routing.entry_points if routing else None,
+                              skills=routing.skills if routing else None, tiers=routing.tiers if routing else None)
+        errors += sum(p.severity == "error" for p in problems)
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{'ok' if not any(p.severity == 'error' for p in problems) else 'bad'}: IVR flow {name} "
+                   f"({len(flow.nodes)} nodes, {len(problems)} problem(s))")
+    if errors:
+        raise click.ClickException(f"{errors} error(s) in the IVR flows")
 
 
 @main.group()

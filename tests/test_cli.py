@@ -92,3 +92,23 @@ def test_ivr_try_runs_the_shipped_hotline_without_a_pbx() -> None:
     assert json.loads(night.stdout)["end"] in {"callback", "hangup"}, "after hours: no queue"
     missing = CliRunner().invoke(main, ["ivr", "try", "nosuch", "-c", str(ROOT / "config" / "cti.yaml")])
     assert missing.exit_code == 1 and "no flow 'nosuch'" in missing.output
+
+
+def test_check_config_reports_ivr_flow_problems_with_file_and_node(tmp_path: Path) -> None:
+    (tmp_path / "ivr").mkdir()
+    (tmp_path / "ivr" / "broken.yaml").write_text(
+        "languages: [en]\ndefault_language: en\nstart: menu\n"
+        "prompts: {p: {file: x/p, text: {en: Hi}}}\n"
+        "nodes:\n"
+        "  menu: {type: menu, prompt: p, options: {1: {next: nowhere}}, timeout_ms: 1000, max_retries: 1,"
+        " default: out}\n"
+        "  out: {type: route, entry_point: no_such_entry}\n")
+    (tmp_path / "routing.yaml").write_text((ROOT / "config" / "routing.yaml").read_text())
+    config = tmp_path / "cti.yaml"
+    config.write_text("agi: {flows: ivr}\n")
+    result = CliRunner().invoke(main, ["check-config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "broken.yaml: node menu" in result.output and "nowhere" in result.output
+    assert "no_such_entry" in result.output and "error(s) in the IVR flows" in result.output
+    good = CliRunner().invoke(main, ["check-config", str(ROOT / "config" / "cti.yaml")])
+    assert good.exit_code == 0 and "ok: IVR flow hotline" in good.output
