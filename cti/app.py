@@ -197,13 +197,13 @@ class CtiServer:
         return count
 
     async def _watch_redis(self, interval: float = 1.0) -> None:
-        """Redis answers a PING within a second, or /healthz says it does not. A Redis that came
-        back without the directory (it did not persist) gets it again from ``directory.source``,
-        or the server says loudly that every pop now lacks its customer record."""
+        """Redis answers within a second (the directory's count and version: one round trip that also
+        proves the link), or /healthz says it does not. A Redis that came back without the directory
+        (it did not persist) gets it again from ``directory.source``, or the server says loudly that
+        every pop now lacks its customer record."""
         while True:
             try:
                 async with asyncio.timeout(interval):
-                    await self._redis.ping()
                     count, version = await self.directory.status()
                 self.customer_cache.observe_version(version)
             except (RedisError, OSError, TimeoutError) as exc:

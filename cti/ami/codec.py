@@ -76,10 +76,9 @@ class Message:
         return msg
 
     def _parse(self) -> dict[str, str]:
-        parsed = _parse(self._text, self._eol)
-        self._fields, self._repeated, self._body, self._text = parsed._fields, parsed._repeated, parsed._body, ""
-        assert self._fields is not None
-        return self._fields
+        fields, self._repeated, self._body = _split(self._text, self._eol)
+        self._fields, self._text = fields, ""
+        return fields
 
     @property
     def fields(self) -> dict[str, str]:
@@ -249,7 +248,7 @@ class Decoder:
                 body = block.lstrip("\r\n") if block[:1] in ("\r", "\n") else block  # stray blank lines
                 if body:
                     if len(body) > self.max_value:  # one len per message: only then look at values
-                        msg = _parse(body, eol)
+                        msg = Message(*_split(body, eol))
                         self._truncate(msg)
                     else:
                         msg = Message._unparsed(body, eol)
@@ -300,7 +299,11 @@ class Decoder:
             raise ProtocolError(f"AMI message over {self.max_message_size} bytes without an end ({size} held)")
 
 
-def _parse(text: str, eol: str) -> Message:
+_Parts = tuple[dict[str, str], list[tuple[str, str]] | None, list[str] | None]
+
+
+def _split(text: str, eol: str) -> _Parts:
+    """A message's text as (fields, repeated, body)."""
     lines = text.split(eol)
     try:
         fields = dict([line.split(": ", 1) for line in lines])
@@ -308,11 +311,11 @@ def _parse(text: str, eol: str) -> Message:
         pass
     else:
         if len(fields) == len(lines):
-            return Message(fields)
-    return _parse_slow(lines)
+            return fields, None, None
+    return _split_slow(lines)
 
 
-def _parse_slow(lines: list[str]) -> Message:
+def _split_slow(lines: list[str]) -> _Parts:
     """Repeated keys, ``Key:`` with no space, or body lines (``Response: Follows``)."""
     fields: dict[str, str] = {}
     repeated: list[tuple[str, str]] | None = None
@@ -333,7 +336,7 @@ def _parse_slow(lines: list[str]) -> Message:
             repeated.append((key, value))
         else:
             fields[key] = value
-    return Message(fields, repeated, body)
+    return fields, repeated, body
 
 
 def _check(key: str, value: str) -> str:

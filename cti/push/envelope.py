@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -183,15 +184,13 @@ class RedisSequencer:
 
     async def next_many(self, agents: Sequence[str]) -> list[int]:
         """One number per entry, in order; at most one Redis round trip, and none while blocks last."""
-        wanted: dict[str, int] = {}
-        for agent in agents:
-            wanted[agent] = wanted.get(agent, 0) + 1
-        short = {agent: count - self._left(agent) for agent, count in wanted.items() if self._left(agent) < count}
+        # A new block for each agent whose block cannot number all its entries of this batch.
+        sizes = {agent: max(self._block, count - self._left(agent))
+                 for agent, count in Counter(agents).items() if self._left(agent) < count}
         starts: dict[str, int] = {}
         away = 0
-        if short:
+        if sizes:
             floor = self._floor()
-            sizes = {agent: max(self._block, missing) for agent, missing in short.items()}
             args: list[int] = [floor]
             for agent, size in sizes.items():
                 args += [size, self._last.get(agent, 0) + 1]
@@ -217,7 +216,7 @@ class RedisSequencer:
                 value = last + 1  # from the agent's block
             elif agent in starts:
                 value = starts.pop(agent)
-                self._end[agent] = value + max(self._block, short[agent]) - 1
+                self._end[agent] = value + sizes[agent] - 1
             else:  # Redis away and the block used up
                 value = max(last + 1, away)
                 self._end.pop(agent, None)
