@@ -182,6 +182,22 @@ class AgiConfig(_Model):
     drain_timeout: float = Field(10.0, ge=0)
 
 
+class RoutingModeConfig(_Model):
+    """How calls reach agents. ``observe``: Asterisk's ``Queue()`` routes and the server follows it.
+    ``cti``: the server routes (``config/asterisk/extensions_cti.conf``): callers parked in the hold
+    context are matched under ``file`` (``routing/README.md``) and redirected to the connect context."""
+
+    mode: Literal["observe", "cti"] = "observe"
+    file: Path = Field(Path("routing.yaml"), description="the routing config, relative to this file")
+    hold_context: str = Field("cti-hold", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    connect_context: str = Field("cti-connect", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    wrapup_s: float = Field(10.0, ge=0, description="after a call, seconds before the agent is ready again")
+    reservation_timeout_s: float = Field(
+        10.0, gt=0, description="a reserved call whose agent's phone has not rung in this time is queued again")
+    sweep_s: float = Field(1.0, gt=0, description="how often waiting calls are re-matched (escalation steps, "
+                           "stale reservations)")
+
+
 class Config(_Model):
     ami: AmiConfig = AmiConfig()
     redis: RedisConfig = RedisConfig()
@@ -191,6 +207,7 @@ class Config(_Model):
     directory: DirectoryConfig = DirectoryConfig()
     sim: SimConfig = SimConfig()
     agi: AgiConfig = AgiConfig()
+    routing: RoutingModeConfig = RoutingModeConfig()
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @model_validator(mode="after")
@@ -294,4 +311,7 @@ def load_config(path: Path | str | None, environ: Mapping[str, str] | None = Non
     if path is not None and not config.agi.flows.is_absolute():
         config = config.model_copy(update={"agi": config.agi.model_copy(update={
             "flows": (Path(path).parent / config.agi.flows).resolve()})})
+    if path is not None and not config.routing.file.is_absolute():
+        config = config.model_copy(update={"routing": config.routing.model_copy(update={
+            "file": (Path(path).parent / config.routing.file).resolve()})})
     return config
