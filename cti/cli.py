@@ -242,7 +242,7 @@ def replay(capture: BinaryIO, config_path: Path | None) -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False), required=False)
 def check_config(path: Path | None) -> None:
     """Validate a config file (default config/cti.yaml) and the environment overrides, the routing config
-    beside it (routing.yaml) and the IVR flows of agi.flows: unknown or unreachable nodes, loops with no
+    (routing.file, by default routing.yaml beside it) and the IVR flows of agi.flows: unknown or unreachable nodes, loops with no
     exit, missing prompts, entry points, skills or tiers routing does not have. Exit 1 on any error."""
     from ivr_flows import FlowError, check_flow, load_flows
     from routing.config import RoutingConfigError, load_routing_config
@@ -251,15 +251,15 @@ def check_config(path: Path | None) -> None:
     click.echo(f"ok: AMI {config.ami.username}@{config.ami.host}:{config.ami.port}, {len(config.agents)} agents, "
                f"Redis {config.redis.url}, MQTT {config.mqtt.host}:{config.mqtt.port}, "
                f"HTTP {config.http.host}:{config.http.port}")
-    where = (path if path is not None else DEFAULT_CONFIG).parent
     routing = None
-    if (where / "routing.yaml").exists():
+    routing_file = config.routing.file  # resolved beside the config file
+    if routing_file.exists() or config.routing.mode == "cti":
         try:
-            routing = load_routing_config(where / "routing.yaml")
+            routing = load_routing_config(routing_file)
         except RoutingConfigError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"ok: routing {where / 'routing.yaml'}: {len(routing.entry_points)} entry points, "
-                   f"{len(routing.tiers)} tiers, policy {routing.policy}")
+        click.echo(f"ok: routing ({config.routing.mode} mode) {routing_file}: {len(routing.entry_points)} entry "
+                   f"points, {len(routing.tiers)} tiers, policy {routing.policy}")
     if not config.agi.flows.is_dir():
         return
     try:

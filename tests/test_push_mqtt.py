@@ -295,6 +295,29 @@ async def test_many_in_flight_when_the_link_is_cut_all_go_again_in_order(mqtt_po
     assert again[0].id == sent[0].id
 
 
+async def test_a_puback_that_never_comes_drops_the_link_and_sends_again(mqtt_port: int) -> None:
+    """A broker that takes PUBLISHes but never acknowledges them: after publish_timeout the sink
+    reconnects and sends every unacknowledged envelope again, oldest first."""
+    port = free_port()
+    sink = MqttSink(config=MqttConfig(host="127.0.0.1", port=port, client_id="cti-test-noack"), backoff=FAST,
+                    publish_timeout=0.4)
+    async with Proxy(listen_port=port, target_port=mqtt_port) as proxy, subscriber(mqtt_port) as sub, \
+            running(sink):
+        await proxy.start()
+        await wait_until(lambda: sink.connected)
+        with structlog.testing.capture_logs() as logs:
+            proxy.replies.clear()
+            sent = envelopes(1, 4)
+            for env in sent:
+                sink.publish(env)
+            await receive(sub, 3)
+            await wait_until(lambda: any(e["event"] == "mqtt.disconnected" for e in logs))
+            assert sink.pending == 3
+            proxy.replies.set()
+            await wait_until(lambda: sink.pending == 0)
+    assert "no PUBACK" in next(e["error"] for e in logs if e["event"] == "mqtt.disconnected")
+
+
 async def test_cancel_during_backoff_sleep_exits_promptly() -> None:
     port = free_port()  # refused: the sink fails to connect, then sleeps a minute
     sink = MqttSink(config=MqttConfig(host="127.0.0.1", port=port, client_id="cti-test-backoff"),

@@ -9,10 +9,11 @@ import socket
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import WSMsgType, web
 
 from cti.push.envelope import Envelope
-from cti.push.ws import WebSocketHub
+from cti.push.ws import WebSocketHub, text_frame
 
 
 async def _client(aiohttp_client: Any, hub: WebSocketHub) -> Any:
@@ -41,6 +42,39 @@ async def test_hello_then_envelopes(aiohttp_client: Any) -> None:
             msg = await sock.receive(timeout=5)
             assert msg.type is WSMsgType.TEXT
             assert Envelope.from_json(msg.data) == env
+
+
+@pytest.mark.parametrize(("size", "header"), [
+    (0, b"\x81\x00"), (125, b"\x81\x7d"), (126, b"\x81\x7e\x00\x7e"), (65_535, b"\x81\x7e\xff\xff"),
+    (65_536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+])
+def test_text_frame_header_follows_rfc_6455(size: int, header: bytes) -> None:
+    body = b"y" * size
+    assert text_frame(body) == header + body
+
+
+def _sized(seq: int, size: int) -> Envelope:
+    """An envelope whose JSON is exactly ``size`` bytes."""
+    bare = Envelope(type="call.updated", agent="alice", seq=seq, payload={"pad": ""})
+    return Envelope(type=bare.type, agent=bare.agent, seq=seq, id=bare.id, ts=bare.ts,
+                    payload={"pad": "x" * (size - len(bare.body))})
+
+
+async def test_frames_written_directly_arrive_whole_at_every_length_encoding(aiohttp_client: Any) -> None:
+    """The hub writes a frame itself when nothing is queued: 7-bit, 16-bit and 64-bit lengths, and a
+    burst that spills into the writer task, all reach a real client intact and in order."""
+    hub = WebSocketHub(agents={"alice"})
+    client = await _client(aiohttp_client, hub)
+    async with client.ws_connect("/ws/agents/alice", max_msg_size=0) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        await _wait_registered(hub, "alice")
+        sizes = [146, 200, 300, 65_535, 65_536, 100_000, *[3_000] * 40]  # frame body bytes
+        sent = [_sized(i, n) for i, n in enumerate(sizes, start=1)]
+        assert [len(e.body) for e in sent] == sizes
+        for env in sent:
+            hub.publish(env)
+        got = [Envelope.from_json((await ws.receive(timeout=5)).data) for _ in sent]
+    assert got == sent
 
 
 async def test_unknown_agent_is_404_json(aiohttp_client: Any) -> None:

@@ -9,12 +9,12 @@ several servers pushing to the same agent.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import orjson
@@ -35,9 +35,30 @@ class EnvelopeError(ValueError):
     """A message that is not a version-1 envelope."""
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def utc_now_iso() -> str:
-    """ISO-8601 UTC with milliseconds and ``Z``: sorts as text and parses everywhere."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO-8601 UTC with milliseconds and ``Z``: sorts as text and parses everywhere.
+
+    Formatted once a second; each call adds only the milliseconds (a ``datetime`` per envelope
+    was a visible share of a push)."""
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+
+
+def _id_source() -> Callable[[], str]:
+    """32 hex digits, unique across processes and restarts: 64 random bits fixed per process, then
+    a counter. As unique as ``uuid4().hex`` for deduping, without a system call per envelope."""
+    prefix = os.urandom(8).hex()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):016x}"
+
+
+new_id = _id_source()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +73,7 @@ class Envelope:
     agent: str
     seq: int
     payload: dict[str, Any] = field(default_factory=dict)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
     ts: str = field(default_factory=utc_now_iso)
     v: int = VERSION
     body: bytes = field(init=False, repr=False, compare=False)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Any, Final
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import structlog
 
 from cti.ami.backoff import Backoff
@@ -98,7 +100,7 @@ class MqttSink:
                         outbox_size=self._outbox.maxsize)
             self._outbox.put_nowait(envelope)
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> _LoopClient:
         cfg = self._config
         client = _LoopClient(
             hostname=cfg.host,
@@ -147,7 +149,7 @@ class MqttSink:
                         group.create_task(self._watch(client), name="cti.mqtt.watch")
                         await self._drain(client)
             except* aiomqtt.MqttError as errors:
-                exc = errors.exceptions[0]
+                exc = _first_leaf(errors)
                 delay = self._backoff.delay(failures, self._rng)
                 event = "mqtt.disconnected" if self.connected else "mqtt.connect_failed"
                 self.connected = False
@@ -169,30 +171,68 @@ class MqttSink:
             pass
         raise aiomqtt.MqttError("message iteration ended")
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish in order with up to ``window`` PUBACKs outstanding; a failed one ends the group (and
-        the connection), and everything still unacknowledged goes again on the next connection."""
-        slots = asyncio.Semaphore(self._window)
-        async with asyncio.TaskGroup() as group:
-            for key, envelope in list(self._unacked.items()):  # left by the last connection, oldest first
-                await slots.acquire()
-                group.create_task(self._send(client, key, envelope, slots), name="cti.mqtt.publish")
-            while True:
-                await slots.acquire()
-                envelope = await self._outbox.get()
-                key = self._taken = self._taken + 1
-                self._unacked[key] = envelope  # before any await: a drop from here on sends it again
-                # Tasks start in creation order and paho writes at the start of each: wire order is send order.
-                group.create_task(self._send(client, key, envelope, slots), name="cti.mqtt.publish")
-                raise_if_cancelling()
+    async def _drain(self, client: _LoopClient) -> None:
+        """Publish in order with up to ``window`` PUBACKs outstanding; a PUBACK missing for
+        ``publish_timeout`` ends the group (and the connection), and everything still unacknowledged
+        goes again, in order, on the next connection.
 
-    async def _send(self, client: aiomqtt.Client, key: int, envelope: Envelope, slots: asyncio.Semaphore) -> None:
+        paho's own ``publish`` is called directly (it only queues the packet): aiomqtt's wraps each
+        message in a task, an Event and a ``wait_for``, which cost more than the publish itself.
+        """
+        slots = asyncio.Semaphore(self._window)
+        sent: dict[int, tuple[int, float]] = {}  # paho mid -> (our key, when sent), this connection only
+        loop = asyncio.get_running_loop()
+
+        def on_ack(mid: int) -> None:
+            entry = sent.pop(mid, None)
+            if entry is not None and self._unacked.pop(entry[0], None) is not None:
+                slots.release()
+
+        def send(key: int, envelope: Envelope) -> None:
+            try:
+                info = client.paho.publish(self.topic(envelope.agent), envelope.body, 1, False)
+            except ValueError as exc:  # paho refuses the message itself (e.g. too large): retrying cannot help
+                log.error("mqtt.publish_refused", agent=envelope.agent, seq=envelope.seq, error=str(exc))
+                del self._unacked[key]
+                slots.release()
+                return
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+            sent[info.mid] = (key, loop.time())
+
+        client.on_ack = on_ack
         try:
-            await client.publish(self.topic(envelope.agent), envelope.body, qos=1, retain=False)
-        except ValueError as exc:  # paho refuses the message itself (e.g. too large): retrying cannot help
-            log.error("mqtt.publish_refused", agent=envelope.agent, seq=envelope.seq, error=str(exc))
-        del self._unacked[key]
-        slots.release()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._expire(sent, loop), name="cti.mqtt.acks")
+                for key, envelope in list(self._unacked.items()):  # left by the last connection, oldest first
+                    await slots.acquire()
+                    send(key, envelope)
+                while True:
+                    await slots.acquire()
+                    envelope = await self._outbox.get()
+                    key = self._taken = self._taken + 1
+                    self._unacked[key] = envelope  # before any await: a drop from here on sends it again
+                    send(key, envelope)
+                    raise_if_cancelling()
+        finally:
+            client.on_ack = None
+
+    async def _expire(self, sent: dict[int, tuple[int, float]], loop: asyncio.AbstractEventLoop) -> None:
+        """A PUBACK that never comes means a stuck broker or link: drop the connection and resend."""
+        while True:
+            await asyncio.sleep(self._publish_timeout / 4)
+            if sent:
+                oldest = next(iter(sent.values()))[1]  # dicts keep send order
+                if loop.time() - oldest > self._publish_timeout:
+                    raise aiomqtt.MqttError(f"no PUBACK within {self._publish_timeout}s")
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error itself, from inside the task groups it went through (the drain's nests one more)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 class _LoopClient(aiomqtt.Client):
@@ -202,6 +242,19 @@ class _LoopClient(aiomqtt.Client):
     writer stays registered with nothing to write and fires on every loop iteration. On the loop's
     own thread (every call after connect) add it at once, so the two always happen in order.
     """
+
+    on_ack: Callable[[int], None] | None = None
+
+    @property
+    def paho(self) -> mqtt.Client:
+        return self._client
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        on_ack = self.on_ack
+        if on_ack is not None:
+            on_ack(mid)
+        else:
+            super()._on_publish(client, userdata, mid, reason_code, properties)
 
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
         try:

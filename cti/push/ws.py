@@ -32,6 +32,17 @@ WS_PATH: Final = "/ws/agents/{agent}"
 _NO_WAIT_BELOW: Final = 32 * 1024
 
 
+def text_frame(body: bytes) -> bytes:
+    """A final, unmasked text frame (RFC 6455 5.2) as a server sends it; no extension is negotiated
+    (``compress=False``), so the frame is the header and the UTF-8 body."""
+    n = len(body)
+    if n < 126:
+        return bytes((0x81, n)) + body
+    if n < 1 << 16:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + body
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + body
+
+
 @dataclass(eq=False, slots=True)
 class _Conn:
     """One open socket: what is still to be sent to it, and the writer's wake-up."""
@@ -147,8 +158,22 @@ class WebSocketHub:
                             why="queue_full")
                 self._close_slow(conn)
                 continue
+            if not conn.queue and self._write_now(conn, text):
+                continue
             conn.queue.append((text, envelope.seq))
             conn.ready.set()
+
+    @staticmethod
+    def _write_now(conn: _Conn, body: bytes) -> bool:
+        """With nothing queued before it and room in the socket's buffer, write the frame here: no
+        writer wake-up and no trip through aiohttp's async frame writer, the bulk of a push's cost.
+        Otherwise (a backlog, a slow client) the writer task sends it, with its timeout."""
+        transport = conn.request.transport
+        if (transport is None or transport.is_closing() or conn.ws.closed
+                or transport.get_write_buffer_size() + len(body) >= _NO_WAIT_BELOW):
+            return False
+        transport.write(text_frame(body))
+        return True
 
     async def _writer(self, conn: _Conn) -> None:
         """Send the connection's frames in order; a frame not taken in time closes it."""
