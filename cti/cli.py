@@ -242,8 +242,9 @@ def replay(capture: BinaryIO, config_path: Path | None) -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False), required=False)
 def check_config(path: Path | None) -> None:
     """Validate a config file (default config/cti.yaml) and the environment overrides, the routing config
-    (routing.file, by default routing.yaml beside it) and the IVR flows of agi.flows: unknown or unreachable nodes, loops with no
-    exit, missing prompts, entry points, skills or tiers routing does not have. Exit 1 on any error."""
+    (routing.file, by default routing.yaml beside it) and the IVR flows of agi.flows: unknown or
+    unreachable nodes, loops with no exit, missing prompts, entry points, skills or tiers routing does
+    not have. Exit 1 on any error."""
     from ivr_flows import FlowError, check_flow, load_flows
     from routing.config import RoutingConfigError, load_routing_config
 

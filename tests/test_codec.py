@@ -136,13 +136,20 @@ _LINE = st.one_of(
 
 @given(st.lists(_LINE, min_size=1, max_size=8), st.sampled_from(["\r\n", "\n"]))
 def test_unparsed_message_answers_as_the_parsed_one(lines: list[str], eol: str) -> None:
-    """``get``/``event``/``action_id`` read from the text must agree with the full parse, whatever the shape."""
+    """``get``/``in``/``[]``/``event``/``action_id`` read from the text must agree with the full parse, whatever the shape."""
     text = eol.join(lines)
     eager = Message._unparsed(text, eol)
     want = dict(eager.fields)
     for key in _KEYS:
         lazy = Message._unparsed(text, eol)
         assert lazy.get(key) == want.get(key), (key, text)
+        assert (key in Message._unparsed(text, eol)) == (key in want), (key, text)
+        lazy = Message._unparsed(text, eol)
+        if key in want:
+            assert lazy[key] == want[key]
+        else:
+            with pytest.raises(KeyError):
+                lazy[key]
     lazy = Message._unparsed(text, eol)
     assert (lazy.event, lazy.response, lazy.action_id) == (want.get("Event"), want.get("Response"),
                                                            want.get("ActionID"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 __all__ = [
     "GREETING_PREFIX",
@@ -135,7 +136,16 @@ class Message:
     def is_greeting(self) -> bool:
         return "Greeting" in self.fields
 
+    @overload
+    def get(self, key: str) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str) -> str: ...
+    @overload
+    def get(self, key: str, default: str | None) -> str | None: ...
+
     def get(self, key: str, default: str | None = None) -> str | None:
+        """Like ``fields.get``; an unparsed message answers from its text, so a handler that reads a
+        handful of fields never splits the other twenty."""
         fields = self._fields
         if fields is None:
             value = self._first(key)
@@ -143,9 +153,14 @@ class Message:
         return fields.get(key, default)
 
     def __getitem__(self, key: str) -> str:
-        return self.fields[key]
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
 
     def __contains__(self, key: object) -> bool:
+        if self._fields is None and isinstance(key, str):
+            return self._first(key) is not None
         return key in self.fields
 
     def __eq__(self, other: object) -> bool:

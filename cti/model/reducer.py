@@ -118,7 +118,7 @@ class CallModel:
         if ts is None:
             ts = now
         elif not 0.0 <= ts < _MAX_SECONDS:  # NaN fails this too
-            self._bad_value("Timestamp", name, msg.fields.get("Timestamp"))
+            self._bad_value("Timestamp", name, msg.get("Timestamp"))
             ts = now
         out: list[DomainEvent] = []
         try:
@@ -171,7 +171,7 @@ class CallModel:
         out: list[DomainEvent] = []
         live: dict[str, Message] = {}
         for msg in channels:
-            uid = msg.fields.get("Uniqueid")
+            uid = msg.get("Uniqueid")
             if uid:
                 live[uid] = msg
         if live_link:
@@ -183,7 +183,7 @@ class CallModel:
                 self._end(call, now, out, reason="gone_at_resync")
             self._suspects = gone - self._suspects
             for msg in queue_status:
-                if msg.fields.get("Event") == "QueueMember":
+                if msg.get("Event") == "QueueMember":
                     self._member_status(msg, now, out)
             return out
         self._suspects = set()
@@ -202,23 +202,23 @@ class CallModel:
         for uid, msg in live.items():
             if uid in self._leg_call:
                 continue
-            linkedid = msg.fields.get("Linkedid") or uid
+            linkedid = msg.get("Linkedid") or uid
             adopted = self.calls.get(linkedid)
             if adopted is None:
-                duration = _duration(msg.fields.get("Duration"))
+                duration = _duration(msg.get("Duration"))
                 adopted = self._new_call(linkedid, now - duration if duration is not None else now)
                 adopted.seen_gap = True
             self._add_leg(adopted, msg)
         waiting: dict[str, set[str]] = {}
         for msg in queue_status:
-            kind = msg.fields.get("Event")
+            kind = msg.get("Event")
             if kind == "QueueMember":
                 self._member_status(msg, now, out)
             elif kind == "QueueEntry":
                 self._queue_entry(msg, now, out)
-                waiting.setdefault(msg.fields.get("Queue", ""), set()).add(self._call_id(msg) or "")
+                waiting.setdefault(msg.get("Queue", ""), set()).add(self._call_id(msg) or "")
             elif kind == "QueueParams":
-                self._queue(msg.fields.get("Queue", ""))
+                self._queue(msg.get("Queue", ""))
         for queue in self.queues.values():
             still = waiting.get(queue.name, set())
             for linkedid in [c for c in queue.waiting if c not in still]:
@@ -243,7 +243,7 @@ class CallModel:
         """A ring that started while we could not see (an outage, a restart): the agent's phone is a
         channel of the call in state Ringing. The agent gets the pop now, late rather than never."""
         for uid, msg in live.items():
-            f = msg.fields
+            f = msg
             if f.get("ChannelState") != "5":
                 continue
             call = self.calls.get(self._leg_call.get(uid, ""))
@@ -274,7 +274,7 @@ class CallModel:
         less the calls we knew they were on, goes to the callers who waited longest there."""
         rises: dict[tuple[str, str], int] = {}
         for msg in queue_status:
-            f = msg.fields
+            f = msg
             interface, queue, taken = f.get("Interface") or f.get("Location"), f.get("Queue"), _int(f.get("CallsTaken"))
             member = self.members.get((interface or "").lower())
             known = member.queues.get(queue or "") if member is not None else None
@@ -322,7 +322,7 @@ class CallModel:
         if seg.queue is not None:
             self._queue(seg.queue).answered += 1
         for msg in bridged:
-            target = self._target_for_device(device_of(msg.fields.get("Channel", "")))
+            target = self._target_for_device(device_of(msg.get("Channel", "")))
             if target is not None:
                 self._answer(call, seg, target, now)
                 break
@@ -377,7 +377,7 @@ class CallModel:
     # --- helpers ------------------------------------------------------------------------------
 
     def _call_id(self, msg: Message) -> str | None:
-        f = msg.fields
+        f = msg
         return self._leg_call.get(f.get("Uniqueid", "")) or f.get("Linkedid")
 
     def _new_call(self, linkedid: str, ts: float | None) -> Call:
@@ -397,13 +397,13 @@ class CallModel:
             call = self._new_call(linkedid, ts)
             call.seen_gap = True
             out.append(DomainEvent(ev.CALL_ARRIVED, linkedid, ts, call.snapshot()))
-        uid = msg.fields.get("Uniqueid")
-        if uid and uid not in call.legs and "Channel" in msg.fields:
+        uid = msg.get("Uniqueid")
+        if uid and uid not in call.legs and "Channel" in msg:
             self._add_leg(call, msg)
         return call
 
     def _add_leg(self, call: Call, msg: Message) -> Leg:
-        f = msg.fields
+        f = msg
         leg = Leg(
             uniqueid=f["Uniqueid"],
             channel=f.get("Channel", ""),
@@ -574,7 +574,7 @@ class CallModel:
     # --- channel events -----------------------------------------------------------------------
 
     def _on_newchannel(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        f = msg.fields
+        f = msg
         uid = f["Uniqueid"]
         linkedid = f.get("Linkedid") or uid
         call = self.calls.get(linkedid)
@@ -590,17 +590,17 @@ class CallModel:
         call = self._call_for(msg, ts, out)
         if call is None:
             return
-        leg = call.legs.get(msg.fields.get("Uniqueid", ""))
+        leg = call.legs.get(msg.get("Uniqueid", ""))
         if leg is None:
             return
-        num, name = _num(msg.fields.get("CallerIDNum")), _num(msg.fields.get("CallerIDName"))
+        num, name = _num(msg.get("CallerIDNum")), _num(msg.get("CallerIDName"))
         leg.caller_num, leg.caller_name = num or leg.caller_num, name or leg.caller_name
         if leg.uniqueid == call.linkedid and call.queued_at is None and leg.caller_num:
             call.caller_num, call.caller_name = leg.caller_num, leg.caller_name
 
     def _on_hangup(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        uid = msg.fields.get("Uniqueid", "")
-        linkedid = self._leg_call.pop(uid, None) or msg.fields.get("Linkedid")
+        uid = msg.get("Uniqueid", "")
+        linkedid = self._leg_call.pop(uid, None) or msg.get("Linkedid")
         call = self.calls.get(linkedid or "")
         if call is None:
             return
@@ -611,27 +611,27 @@ class CallModel:
             self._end(call, ts, out)
 
     def _on_varset(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        var = msg.fields.get("Variable", "")
+        var = msg.get("Variable", "")
         if var.startswith("CTI_"):
             call = self._call_for(msg, ts, out)
             if call is not None:
-                call.vars[var] = msg.fields.get("Value", "")
+                call.vars[var] = msg.get("Value", "")
         elif var == "QUEUESTATUS":
             call = self.calls.get(self._call_id(msg) or "")
-            status = msg.fields.get("Value", "")
+            status = msg.get("Value", "")
             seg = call.segments[-1] if call is not None and call.segments else None
             if call is not None and seg is not None and seg.left_pending and status in _LEFT_STATUSES:
                 self._close_waiting(call, seg, seg.left_at, out, outcome="unanswered", reason=status.lower())
 
     def _on_newexten(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         """A caller a blind transfer sent to an agent's own extension is answered there."""
-        if not self._ringing_exten or msg.fields.get("Application") != "Answer":
+        if not self._ringing_exten or msg.get("Application") != "Answer":
             return
         linkedid = self._call_id(msg) or ""
         call = self.calls.get(linkedid)
         if call is None or linkedid not in self._ringing_exten:
             return
-        where = (msg.fields.get("Context", ""), msg.fields.get("Exten", ""))
+        where = (msg.get("Context", ""), msg.get("Exten", ""))
         for key, offer in list(call.offers.items()):
             if offer.exten == where:
                 self._answer_direct(call, key, offer, ts, out)
@@ -639,7 +639,7 @@ class CallModel:
 
     def _on_dial_begin(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         """A dial to an agent's phone outside app_queue (a transfer, a CTI redirect, a direct call)."""
-        f = msg.fields
+        f = msg
         dest = f.get("DestChannel")
         if not dest:
             return
@@ -658,7 +658,7 @@ class CallModel:
         self._offer_direct(call, target, ts, out)
 
     def _on_dial_end(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        f = msg.fields
+        f = msg
         dest = f.get("DestChannel")
         call = self.calls.get(self._call_id(msg) or "") if "Uniqueid" in f else None
         if call is None and dest:
@@ -680,7 +680,7 @@ class CallModel:
         call = self.calls.get(self._call_id(msg) or "")
         if call is None or not call.offers:
             return
-        device = device_of(msg.fields.get("Channel", ""))
+        device = device_of(msg.get("Channel", ""))
         for key, offer in list(call.offers.items()):
             if offer.queue is None and offer.device == device:
                 self._answer_direct(call, key, offer, ts, out)
@@ -758,7 +758,7 @@ class CallModel:
         return seg
 
     def _on_blind_transfer(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        f = msg.fields
+        f = msg
         if f.get("Result", "Success") != "Success":
             return
         uid = f.get("TransfereeUniqueid", "")
@@ -777,7 +777,7 @@ class CallModel:
 
     def _on_attended_transfer(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
         """The consult call (agent A to B) folds into the caller's call, which B now has."""
-        f = msg.fields
+        f = msg
         if f.get("Result", "Success") != "Success" or f.get("DestType") == "Fail":
             return
         uid = f.get("TransfereeUniqueid") or f.get("OrigTransfererUniqueid", "")
@@ -839,7 +839,7 @@ class CallModel:
         if call is None:
             return
         self._settle_pending(call, ts, out, hung_up=False)
-        f = msg.fields
+        f = msg
         queue = self._queue(f["Queue"])
         position = _int(f.get("Position"))
         if position is not None:
@@ -862,7 +862,7 @@ class CallModel:
         call = self._call_for(msg, ts, out)
         if call is None:
             return None
-        interface, name = msg.fields["Interface"], msg.fields.get("MemberName", "")
+        interface, name = msg["Interface"], msg.get("MemberName", "")
         return call, interface, name, self.agent_for(interface, name)
 
     def _on_agent_called(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
@@ -874,7 +874,7 @@ class CallModel:
             log.warning("agent.unknown", interface=interface, member=name, linkedid=call.linkedid,
                         hint="add the agent to config agents[] to give them screen pops")
         target = Target(interface, name, agent.id if agent else None, interface_device(interface))
-        self._offer_from_queue(call, target, msg.fields.get("Queue", ""), ts, out)
+        self._offer_from_queue(call, target, msg.get("Queue", ""), ts, out)
 
     def _offer_from_queue(self, call: Call, target: Target, queue: str, ts: float | None, out: list[DomainEvent],
                           **extra: Any) -> None:
@@ -896,7 +896,7 @@ class CallModel:
         call = self._call_for(msg, ts, out)
         if call is None:
             return
-        offer = call.offers.pop(msg.fields["Interface"].lower(), None)
+        offer = call.offers.pop(msg["Interface"].lower(), None)
         if offer is not None:
             log.info("call.offer_withdrawn", linkedid=call.linkedid, member=offer.member_name,
                      reason="ring_no_answer")
@@ -907,7 +907,7 @@ class CallModel:
         if found is None:
             return
         call, interface, name, agent = found
-        f = msg.fields
+        f = msg
         queue = f.get("Queue") or call.current_queue
         seg = self._queue_segment(call, queue)
         if seg is None:  # met mid-call: the join fell before we were listening
@@ -927,7 +927,7 @@ class CallModel:
                         transferred_from=seg.transferred_from, transferred_from_id=seg.transferred_from_id)
 
     def _on_complete(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        f = msg.fields
+        f = msg
         member = self._member(f["Interface"], f.get("MemberName"))
         linkedid = self._call_id(msg) or member.call or member.last_call
         call = self.calls.get(linkedid or "") or self.ended.get(linkedid or "")
@@ -956,7 +956,7 @@ class CallModel:
         call = self._call_for(msg, ts, out)
         if call is None:
             return
-        queue = msg.fields.get("Queue")
+        queue = msg.get("Queue")
         seg = self._queue_segment(call, queue)
         if seg is not None and seg.left_at is None:
             seg.left_at = ts
@@ -968,12 +968,12 @@ class CallModel:
         call = self._call_for(msg, ts, out) or self.ended.get(self._call_id(msg) or "")
         if call is None:
             return
-        queue = msg.fields.get("Queue")
+        queue = msg.get("Queue")
         seg = self._queue_segment(call, queue)
         if seg is None or not seg.waiting:
             return
         seg.left_at = ts
-        seg.hold_time = _float(msg.fields.get("HoldTime"))
+        seg.hold_time = _float(msg.get("HoldTime"))
         seg.left_pending = True
         self._leave_queue(call, queue)
         if call.ended:
@@ -983,7 +983,7 @@ class CallModel:
         call = self._call_for(msg, now, out)
         if call is None:
             return
-        f = msg.fields
+        f = msg
         queue = self._queue(f.get("Queue", ""))
         position = _int(f.get("Position")) or len(queue.waiting) + 1
         queue.waiting[call.linkedid] = position
@@ -1001,7 +1001,7 @@ class CallModel:
     # --- queue members ------------------------------------------------------------------------
 
     def _member_status(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        f = msg.fields
+        f = msg
         interface = f.get("Interface") or f.get("Location")
         if not interface:
             raise KeyError("Interface")
@@ -1040,9 +1040,9 @@ class CallModel:
             out.append(DomainEvent(ev.AGENT_STATE, None, ts, after, member.agent_id))
 
     def _on_member_removed(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
-        member = self.members.get(msg.fields.get("Interface", "").lower())
+        member = self.members.get(msg.get("Interface", "").lower())
         if member is not None:
-            member.queues.pop(msg.fields.get("Queue", ""), None)
+            member.queues.pop(msg.get("Queue", ""), None)
             if member.agent_id:
                 out.append(DomainEvent(ev.AGENT_STATE, None, ts, member.snapshot(), member.agent_id))
 
