@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -151,6 +152,64 @@ class SimConfig(_Model):
     caller_hangup_share: float = Field(0.0, ge=0, le=1, description="share of answered calls the caller ends")
     pauses_per_hour: float = Field(0.0, ge=0, description="per agent: breaks taken, each paused in one queue only")
     mean_pause_s: float = Field(120.0, gt=0, description="mean length of a break")
+    mode: Literal["observe", "cti"] = Field(
+        "observe",
+        description="observe: callers run a small IVR, then app_queue's Queue() routes them (the recorded dialplan); "
+        "cti: the PBX plays config/asterisk/extensions_cti.conf (cti-entry, cti-hold, cti-connect) and a CTI "
+        "server routes callers with Setvar and Redirect (cti/sim/cti_mode.py)",
+    )
+    agi_url: str | None = Field(
+        None,
+        description="cti mode: the FastAGI address and flow callers' AGI() runs (agi://127.0.0.1:4573/hotline), "
+        "played for real with cti/sim/agi_caller.py; None: the simulator plays the AGI's AMI footprint itself and "
+        "writes the caller's drawn choice to CTI_OUTCOME, CTI_ENTRY, CTI_TIER, CTI_LANGUAGE ...",
+    )
+    agi_scenarios: list[str] = Field(
+        default_factory=lambda: ["1,1", "1,2", "1,3", "2,1", "2,2", "2,3"],
+        min_length=1,
+        description="cti mode with agi_url: the keys a random caller presses in the IVR (as for `cti ivr try`), one "
+        "entry drawn per call",
+    )
+    entry_points: dict[str, float] = Field(
+        default_factory=lambda: {"billing": 0.4, "tech_support": 0.35, "complaints": 0.15, "vip": 0.1},
+        description="cti mode without agi_url: the IVR's choices (routing.yaml entry points) and the share of "
+        "callers choosing each (CTI_ENTRY)",
+    )
+    vip_tiers: list[str] = Field(
+        default_factory=lambda: ["vip_platinum", "vip_gold", "vip_silver"],
+        min_length=1,
+        description="cti mode without agi_url: a VIP caller's CTI_TIER is one of these (routing.yaml tiers, highest "
+        "first; CTI_PRIORITY is 3, 2, 1 for them), everyone else's is normal; vip_share says how many are VIPs",
+    )
+    languages: dict[str, float] = Field(
+        default_factory=lambda: {"zh": 0.7, "en": 0.3},
+        description="cti mode without agi_url: CTI_LANGUAGE and the share of callers speaking each",
+    )
+    ivr_hangup_share: float = Field(0.0, ge=0, le=1, description="cti mode: share of callers who hang up in the IVR")
+    hold_max_s: int = Field(300, ge=0, description="cti mode: CTI_HOLD_MAX, seconds on hold in all (across returns "
+                            "from cti-connect) before CtiFallback and the fallback queue")
+    fallback_queue: str = Field("support", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                description="cti mode: CTI_FALLBACK_QUEUE, the app_queue queue a caller held too long "
+                                "joins (every agent is a member unless queue_members names it)")
+    fallback_timeout_s: int = Field(600, ge=0, description="cti mode: CTI_FALLBACK_TIMEOUT, Queue()'s timeout there")
+
+    @field_validator("agi_url")
+    @classmethod
+    def _agi_address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme != "agi" or not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("must look like agi://host[:port]/flow")
+        _ = parts.port  # raises ValueError for a bad port
+        return v
+
+    @field_validator("entry_points", "languages")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(share < 0 for share in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("needs at least one name with a positive share, and no negative share")
+        return v
 
     @classmethod
     def all_features(cls, **overrides: Any) -> SimConfig:

@@ -136,7 +136,8 @@ _LINE = st.one_of(
 
 @given(st.lists(_LINE, min_size=1, max_size=8), st.sampled_from(["\r\n", "\n"]))
 def test_unparsed_message_answers_as_the_parsed_one(lines: list[str], eol: str) -> None:
-    """``get``/``in``/``[]``/``event``/``action_id`` read from the text must agree with the full parse, whatever the shape."""
+    """``get``/``in``/``[]``/``event``/``action_id`` read from the text agree with the full parse, whatever
+    the shape."""
     text = eol.join(lines)
     eager = Message._unparsed(text, eol)
     want = dict(eager.fields)

@@ -160,6 +160,12 @@ class SimChannel:
         self.disconnected = False  # the script sent HANGUP
         self.variables: dict[str, str] = {}
 
+    def hang_up(self) -> None:
+        """The caller hangs up between commands (the PBX's own clock said so): the next reply comes after a
+        bare ``HANGUP`` line, and the channel answers as a dead one from then on."""
+        if not self.dead:
+            self.hung_up = self.dead = self._notice_due = True
+
     def answer(self, line: str) -> list[str]:
         """The lines for one command: a pending ``HANGUP`` notice first, then its reply."""
         index, self._index = self._index, self._index + 1
@@ -275,13 +281,18 @@ async def place_call(
     *,
     before_reply: Callable[[str], Awaitable[None]] | None = None,
     timeout: float = 30.0,
+    channel: SimChannel | None = None,
+    on_reply: Callable[[str, list[str]], None] | None = None,
 ) -> CallRecord:
     """Connect, send ``env`` (a mapping, or the exact bytes of a recording), answer commands until the server
     closes. ``before_reply(line)`` runs before each reply: the time a prompt plays, a pause a test controls.
-    Raises ``TimeoutError`` if the server keeps the call longer than ``timeout``, ``OSError`` if it is not there.
+    ``channel`` answers instead of a new one for ``scenario`` (so its owner can :meth:`~SimChannel.hang_up`);
+    ``on_reply(line, lines)`` sees each command and what goes back, before it is written (the PBX simulator's
+    AMI events for it). Raises ``TimeoutError`` if the server keeps the call longer than ``timeout``,
+    ``OSError`` if it is not there.
     """
     mapping = env if isinstance(env, Mapping) else _env_of(env)
-    channel = SimChannel(scenario or Scenario(), mapping)
+    channel = channel or SimChannel(scenario or Scenario(), mapping)
     record = CallRecord(variables=channel.variables)
     data = env if isinstance(env, bytes) else encode_env(env)
     record.transcript.extend(f"< {line}" for line in data.decode("utf-8", "replace").split("\n")[:-1])
@@ -307,6 +318,8 @@ async def place_call(
                 if before_reply is not None:
                     await before_reply(line)
                 out = channel.answer(line)
+                if on_reply is not None:
+                    on_reply(line, out)
                 record.replies.extend(out)
                 record.transcript.extend(f"< {reply}" for reply in out)
                 writer.write("".join(f"{reply}\n" for reply in out).encode())

@@ -9,7 +9,7 @@ fields. Field order here follows the Asterisk 22 recordings in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["STATE_DESC", "Channel", "hangup_cause_text"]
 
@@ -52,6 +52,8 @@ class Channel:
     application: str = ""
     application_data: str = ""
     bridge_id: str = ""
+    #: the channel's dialplan variables as VarSet reported them (AMI Getvar, the CTI dialplan's ${CTI_*})
+    variables: dict[str, str] = field(default_factory=dict)
 
     def snapshot(self, prefix: str = "") -> dict[str, str]:
         """The channel block of an event; ``prefix="Dest"`` for the called side."""

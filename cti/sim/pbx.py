@@ -27,6 +27,11 @@ queue timeouts with overflow to a second queue, ring-no-answer, abandons, blind
 transfers to a queue or straight to an agent's extension, and the engine's own
 record of every call it ended (:attr:`Pbx.records`), in the shape ``cti replay``
 prints.
+
+That is observe mode. ``SimConfig.mode = "cti"`` makes :class:`Simulator` run
+:class:`cti.sim.cti_mode.CtiPbx` instead: the same engine behind the CTI routing dialplan
+(``config/asterisk/extensions_cti.conf``: an IVR over FastAGI, a hold a CTI server ends with
+Setvar and Redirect, Dial() of the agent it picked, app_queue only as the fallback).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -101,6 +106,9 @@ class CallState(Enum):
     TALKING = "talking"  # bridged to a queue member
     DIRECT = "direct"  # blind-transferred to an agent's extension: ringing or talking there
     PARKED = "parked"  # redirected out of the queue by a client
+    HOLD = "hold"  # CTI mode: in cti-hold, music on hold until a client Redirects it to cti-connect
+    DIALING = "dialing"  # CTI mode: cti-connect's Dial() rings an agent's phone
+    CONNECTED = "connected"  # CTI mode: bridged to the agent by Dial()
     ENDED = "ended"
 
 
@@ -318,6 +326,7 @@ class Pbx:
             local = bool(agents) and all(a.interface.lower().startswith("local/") for a in agents)
             style = "local" if local else "pjsip"
         self.local = style == "local"
+        self.entry_context = config.entry_context  # where callers' Local channels run (Local/s@<context>)
         self.phones = [_phone_for(a, now) for a in agents]
         self.queues: dict[str, Queue] = {}
         self._build_queues(now)
@@ -524,6 +533,8 @@ class Pbx:
         return self._ev("Newexten", chan, now, "dialplan,all", Extension=chan.exten, Application=app, AppData=data)
 
     def _varset(self, chan: Channel | None, now: float, name: str, value: str) -> None:
+        if chan is not None:
+            chan.variables[name] = value
         self._ev("VarSet", chan, now, "dialplan,all", Variable=name, Value=value)
 
     def _newstate(self, chan: Channel | None, state: int, now: float) -> None:
@@ -544,9 +555,9 @@ class Pbx:
     def _device_state(self, device: str, state: str, now: float) -> None:
         self._emit("DeviceStateChange", "call,all", now, Device=device, State=state)
 
-    def _local_bridge(self, one: Channel, two: Channel, now: float) -> None:
+    def _local_bridge(self, one: Channel, two: Channel, now: float, optimization: str = "Yes") -> None:
         self._emit("LocalBridge", "call,all", now, one.snapshot("LocalOne"), two.snapshot("LocalTwo"),
-                   Context=two.context, Exten=two.exten, LocalOptimization="Yes")
+                   Context=two.context, Exten=two.exten, LocalOptimization=optimization)
 
     def _member_state(self, m: Member) -> dict[str, str]:
         """The member's state as app_queue reports it in QueueMemberStatus and QueueStatus alike."""
@@ -712,13 +723,23 @@ class Pbx:
 
     def _arrive_local(self, call: Call, now: float) -> None:
         """The Originate of ``Local/s@ivr-entry`` with Context sim-caller, as the captures begin a call."""
+        variables = (("__TALK", _fmt(call.talk)), ("STAY", _fmt(call.stay)), ("PRE", "1"), ("DIGITS", call.digit))
+        self._originate_local(call, now, variables)
+        for offset, kind in ((_T_READ, "ivr_read"), (_T_SEND, "dtmf_send"), (_T_DTMF_BEGIN, "dtmf_begin"),
+                             (_T_DTMF_END, "menu"), (_T_PHONE_WAIT, "phone_wait")):
+            self._schedule(now + offset, kind, call)
+        call.hangup_at = now + _T_PHONE_WAIT + call.stay
+        self._schedule(call.hangup_at, "patience", call)
+
+    def _originate_local(self, call: Call, now: float, variables: Sequence[tuple[str, str]]) -> None:
+        """The caller's Local pair comes up: ``;2`` answers, ``;1`` (the phone, with the Originate's
+        ``variables``) starts ``sim-caller``'s Wait(PRE). Both modes' callers begin so."""
         phone, chan = call.phone, call.caller
         assert phone is not None
         num, name = call.number, call.name
         self._ev("Newchannel", phone, now)
         self._ev("Newchannel", chan, now)
         self._newexten(phone, now, "AppDial2", "(Outgoing Line)")
-        variables = (("__TALK", _fmt(call.talk)), ("STAY", _fmt(call.stay)), ("PRE", "1"), ("DIGITS", call.digit))
         for var, value in variables:
             self._varset(phone, now, var, value)
         phone.set_caller(num, name)
@@ -741,11 +762,6 @@ class Pbx:
         self._originate_response(call, phone, now)
         phone.context = CALLER_CONTEXT
         self._newexten(phone, now, "Wait", "1")
-        for offset, kind in ((_T_READ, "ivr_read"), (_T_SEND, "dtmf_send"), (_T_DTMF_BEGIN, "dtmf_begin"),
-                             (_T_DTMF_END, "menu"), (_T_PHONE_WAIT, "phone_wait")):
-            self._schedule(now + offset, kind, call)
-        call.hangup_at = now + _T_PHONE_WAIT + call.stay
-        self._schedule(call.hangup_at, "patience", call)
 
     def _ivr_read(self, call: Call, now: float) -> None:
         chan = call.caller
@@ -1027,9 +1043,14 @@ class Pbx:
         p.in_call = True
         if not p.local:
             self._phone_status(p, now, DEVICE_INUSE)
+        self._schedule_talk(call, now, dev is not None)
+
+    def _schedule_talk(self, call: Call, now: float, local_agent: bool) -> None:
+        """How an answered call goes on: the agent's extension's Wait(TALK), then one of the agent's
+        hangup, the caller's, or a blind transfer (by the shares), each after part of the talk time."""
         call.attempt += 1
-        lead = ANSWER_DELAY_S if dev is not None else 0.0
-        if dev is not None:
+        lead = ANSWER_DELAY_S if local_agent else 0.0
+        if local_agent:
             self._schedule(now + lead, "agent_wait", call, call.attempt)
         cfg, roll = self.config, self.rng.random()
         if roll < cfg.transfer_share and call.transfers == 0:
@@ -1338,11 +1359,10 @@ class Pbx:
             if chan is not None and self.channels.get(chan.name) is chan:
                 self._hangup(chan, now)
         if self.local:
-            self._device_state(f"Local/s@{self.config.entry_context}", "INUSE" if self.calls else "NOT_INUSE", now)
+            self._device_state(f"Local/s@{self.entry_context}", "INUSE" if self.calls else "NOT_INUSE", now)
         self.records.append(self._record(call))
 
-    @staticmethod
-    def _record(call: Call) -> dict[str, Any]:
+    def _record(self, call: Call) -> dict[str, Any]:
         """The engine's own account of a call, in the shape ``cti replay`` prints per call."""
         segments = [s.record() for s in call.segments]
         queued = [s for s in call.segments if s.queue is not None]
@@ -1481,6 +1501,30 @@ class Pbx:
             self._newexten(chan, now, "Wait", "300")
             return True
         call = found[0]
+        self._leave_for_redirect(call, chan, now)
+        call.queue = None
+        call.attempt += 1
+        chan.context, chan.exten, chan.priority = context, exten, priority
+        if exten in self.queues:
+            timeout = self.config.queue_timeout_s
+            call.route, call.after_route = [], priority + 1
+            self._newexten(chan, now, "Queue", self._app_data(exten, timeout))
+            if call.hangup_at is None:
+                call.hangup_at = now + call.stay
+                self._schedule(call.hangup_at, "patience", call)
+            self._join(call, self.queues[exten], timeout, now)
+            return True
+        call.state = CallState.PARKED
+        if call.hangup_at is None:
+            call.hangup_at = now + call.stay
+            self._schedule(call.hangup_at, "patience", call)
+        self._newexten(chan, now, "Wait", "300")
+        self._dispatch(now)
+        return True
+
+    def _leave_for_redirect(self, call: Call, chan: Channel, now: float) -> None:
+        """A Redirect takes the caller out of where they are: a bridge (the agent's part ends), a queue, a
+        transfer target's extension."""
         if call.state is CallState.TALKING and call.talking is not None:
             leg = call.talking
             self._bridge("BridgeLeave", now, call.bridge_id, 1, chan)
@@ -1512,25 +1556,6 @@ class Pbx:
                 seg.completed_at = now
             else:
                 seg.left_at, seg.outcome = now, "unanswered"
-        call.queue = None
-        call.attempt += 1
-        chan.context, chan.exten, chan.priority = context, exten, priority
-        if exten in self.queues:
-            timeout = self.config.queue_timeout_s
-            call.route, call.after_route = [], priority + 1
-            self._newexten(chan, now, "Queue", self._app_data(exten, timeout))
-            if call.hangup_at is None:
-                call.hangup_at = now + call.stay
-                self._schedule(call.hangup_at, "patience", call)
-            self._join(call, self.queues[exten], timeout, now)
-            return True
-        call.state = CallState.PARKED
-        if call.hangup_at is None:
-            call.hangup_at = now + call.stay
-            self._schedule(call.hangup_at, "patience", call)
-        self._newexten(chan, now, "Wait", "300")
-        self._dispatch(now)
-        return True
 
     def setvar(self, channel: str, variable: str, value: str, *, now: float) -> bool:
         chan = self.channels.get(channel)
@@ -1544,8 +1569,19 @@ class Pbx:
         chan = self.channels.get(channel)
         if chan is None:
             return False
-        self._emit("UserEvent", "user,all", now, chan.snapshot(), UserEvent=name, **dict(fields))
+        self._user_event(chan, now, name, fields)
         return True
+
+    def _user_event(self, chan: Channel, now: float, name: str, fields: Iterable[tuple[str, str]]) -> float:
+        """``UserEvent(name,Key: value,...)``: the channel's block, ``UserEvent: name``, then the dialplan's own
+        fields in their order, after the block's (``Uniqueid`` appears twice, as Asterisk sends it)."""
+        ts = self._emit("UserEvent", "user,all", now, chan.snapshot(), UserEvent=name)
+        self._events[-1].repeated = list(fields)  # encoded after the fields: the wire order
+        return ts
+
+    def take_sessions(self, clock: Callable[[], float], flush: Callable[[], None]) -> list[Coroutine[Any, Any, None]]:
+        """Work off the pure path that calls started (CTI mode's FastAGI sessions); observe mode has none."""
+        return []
 
     # ---- status lists -------------------------------------------------------------------------
 
@@ -1639,7 +1675,13 @@ class Simulator:
         self.config = config
         self.clock = clock
         self.listener = listener
-        self.pbx = Pbx(
+        engine: type[Pbx] = Pbx
+        if config.mode == "cti":
+            from cti.sim.cti_mode import CtiPbx  # it builds on this module
+
+            engine = CtiPbx
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.pbx = engine(
             config=config,
             agents=agents,
             callers=callers,
@@ -1652,22 +1694,43 @@ class Simulator:
         events = self.pbx.take_events()
         if events and self.listener is not None:
             self.listener(events)
+        self._start_sessions()
 
     def tick(self) -> None:
         events = self.pbx.advance(self.clock())
         if events and self.listener is not None:
             self.listener(events)
+        self._start_sessions()
+
+    def _start_sessions(self) -> None:
+        """Start what the engine asked for off its pure path (CTI mode: a caller's FastAGI session); without a
+        running loop (a test driving the engine by hand) it waits for the next tick in one."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for work in self.pbx.take_sessions(self.clock, self._flush):
+            task = loop.create_task(work, name="sim-agi")
+            self._sessions.add(task)
+            task.add_done_callback(self._sessions.discard)
 
     async def run(self) -> None:
-        """Tick until cancelled; owned by whoever starts it (the server's task group)."""
+        """Tick until cancelled; owned by whoever starts it (the server's task group), and so are the FastAGI
+        sessions it started: cancelled and awaited when it is."""
         log.info("sim.started", queues=list(self.pbx.queues), agents=len(self.pbx.phones),
-                 style="local" if self.pbx.local else "pjsip")
-        while True:
-            try:
-                self.tick()
-            except Exception:  # a bug in one tick must not stop the demo's PBX
-                log.exception("sim.tick_failed")
-            await asyncio.sleep(self.config.tick_s)
+                 style="local" if self.pbx.local else "pjsip", mode=self.config.mode)
+        try:
+            while True:
+                try:
+                    self.tick()
+                except Exception:  # a bug in one tick must not stop the demo's PBX
+                    log.exception("sim.tick_failed")
+                await asyncio.sleep(self.config.tick_s)
+        finally:
+            sessions = list(self._sessions)
+            for task in sessions:
+                task.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
 
     # scripted API ------------------------------------------------------------------------
 

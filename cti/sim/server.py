@@ -308,7 +308,10 @@ class AmiServer(TcpListener):
             conn.send(_response("Error", aid, Message="Channel not specified"))
             return True
         if channel not in self.sim.pbx.channels:
-            conn.send(_response("Error", aid, Message="Channel specified does not exist"))
+            # CTI mode answers as the ctiedge capture (and manager.c's action_redirect) does.
+            gone = f"Channel does not exist: {channel}" if self.sim.config.mode == "cti" else (
+                "Channel specified does not exist")
+            conn.send(_response("Error", aid, Message=gone))
             return True
         try:
             prio = int(f.get("priority", "1") or 1)
@@ -342,6 +345,20 @@ class AmiServer(TcpListener):
         conn.send(_response("Success", aid, Message="Variable Set"))
         if channel:
             self.sim.setvar(channel, variable, f.get("value", ""))
+        return True
+
+    def _action_getvar(self, conn: _Connection, f: dict[str, str], aid: str | None, _m: Message) -> bool:
+        """Getvar of a channel variable (an unset one is empty, as in Asterisk); a gone channel as in ctiedge."""
+        channel, variable = f.get("channel", ""), f.get("variable", "")
+        if not variable:
+            conn.send(_response("Error", aid, Message="No variable specified"))
+            return True
+        chan = self.sim.pbx.channels.get(channel) if channel else None
+        if channel and chan is None:
+            conn.send(_response("Error", aid, Message="No such channel"))
+            return True
+        value = chan.variables.get(variable, "") if chan is not None else ""
+        conn.send(_response("Success", aid, Variable=variable, Value=value))
         return True
 
     def _action_queuepause(self, conn: _Connection, f: dict[str, str], aid: str | None, _m: Message) -> bool:
