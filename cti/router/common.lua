@@ -12,6 +12,7 @@
 local NS = ARGV[1]
 local CONFIG, WAITING, RESERVED = NS .. 'config', NS .. 'waiting', NS .. 'reserved'
 local ESC, AGENTS = NS .. 'esc', NS .. 'agents'
+local OFFERS, WRAP = NS .. 'offers', NS .. 'wrap'
 local AGED_BASE, MAX_WAIT_MS = 1e15, 1e12
 local SKILLS, ALTERNATIVE, OVERFLOW = 2, 1, 0
 local TOP_LEVEL = 5      -- store.py refuses agent levels above it
@@ -295,13 +296,34 @@ local function catch_up(cfg, now)
 end
 
 -- Both sides of a reservation in one step: the call leaves the indexes, the agent the ready sets.
-local function reserve(call, agent)
+-- OFFERS holds it from now until its dial begins, so a sweep finds offers no Redirect ever rang.
+local function reserve(call, agent, now)
   unplace(call)
   set_ready(agent, false)
   redis.call('ZREM', WAITING, call.id)
   redis.call('HSET', call_key(call.id), 'state', 'reserved', 'agent', agent.id, 'ix', '[]')
   redis.call('HSET', RESERVED, call.id, agent.id)
   redis.call('HSET', agent_key(agent.id), 'status', 'reserved', 'call', call.id)
+  redis.call('ZADD', OFFERS, now, call.id)
+end
+
+-- An agent's new status, their place in the ready sets and their idle time kept right in one place:
+-- becoming ready from anything but reserved starts the idle time at now (a withdrawn offer did not
+-- end it). call: the call the status is about (on_call, wrap_up), nil for none. wrap_until: when a
+-- wrap-up ends (WRAP, read by the sweep), nil for no deadline.
+local function set_status(agent, status, now, reason, call, wrap_until)
+  if status == 'ready' and agent.status ~= 'ready' then
+    if agent.status ~= 'reserved' then agent.idle = now end
+    set_ready(agent, true)
+  elseif status ~= 'ready' and agent.status == 'ready' then
+    set_ready(agent, false)
+  end
+  redis.call('HSET', agent_key(agent.id), 'status', status, 'idle', agent.idle, 'reason', reason or '')
+  if call then redis.call('HSET', agent_key(agent.id), 'call', call)
+  else redis.call('HDEL', agent_key(agent.id), 'call') end
+  if wrap_until then redis.call('ZADD', WRAP, wrap_until, agent.id)
+  else redis.call('ZREM', WRAP, agent.id) end
+  agent.status, agent.call = status, call
 end
 
 -- A sorted set read in order a few members at a time: s.id and s.at (the score) are the current

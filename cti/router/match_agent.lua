@@ -48,7 +48,7 @@ while n > 0 do
       local eff = effective(cfg, ep, call, now)
       local path, reason = verdict(agent, eff)
       if path then
-        reserve(call, agent)
+        reserve(call, agent, now)
         return decision(call, agent, eff, score[b], passed)
       end
       if #passed < 2 * MAX_PASSED then

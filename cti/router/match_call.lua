@@ -37,7 +37,7 @@ if eff.pref then
   if agent then
     local path, reason = verdict(agent, eff)
     if path then
-      reserve(call, agent)
+      reserve(call, agent, now)
       return decision(call, agent, eff, score, passed)
     end
     pass(agent.id, reason)
@@ -141,5 +141,5 @@ else
 end
 
 if not chosen then return false end
-reserve(call, chosen)
+reserve(call, chosen, now)
 return decision(call, chosen, eff, score, passed)

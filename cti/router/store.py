@@ -8,14 +8,18 @@ calls and decodes; the decision is ``common.lua`` + ``match_agent.lua`` / ``matc
 Key layout under ``{key_prefix}router:`` (one Redis, not a cluster: the scripts derive key names)::
 
     config                hash    version, g (global JSON), ep:<entry point> (JSON)
-    call:<id>             hash    d (call JSON), state (waiting|reserved), agent, ix (its index keys)
+    call:<id>             hash    d (call JSON), state (waiting|reserved), agent, ix (its index keys),
+                                  ch (the channel to Redirect, when the enqueuer gave one)
     waiting               zset    every waiting call, by enqueued_at_ms
     reserved              hash    call id -> agent id, while an offer is out
+    offers                zset    reserved calls whose dial has not begun, by when they were reserved
     w:<tier>:<key>        zset    waiting calls of a tier under an index key, by enqueued_at_ms
     h:<tier>:<key>        string  the first member of w:<tier>:<key>, "<enqueued_at_ms> <id>"
     esc                   zset    call id -> when its next escalation step adds index keys
-    agent:<id>            hash    p (skills/languages/groups JSON), status, idle, reason, call
+    agent:<id>            hash    p (skills/languages/groups JSON), status, idle, reason, call (the call
+                                  a reserved, on_call or wrap_up status is about)
     agents                set     every agent id
+    wrap                  zset    agents in wrap-up, by when it ends
     r:any, r:group:<g>,   zset    ready agents, by idle_since_ms, under each of their groups and
     r:skill:<s>:<level>           skills, at their level
 
@@ -36,6 +40,12 @@ lower), which is the order of ``w:<tier>:<key>``. Costs, with K an agent's keys,
 * ``apply_config``: O(waiting calls) once; the next ``match_for_agent`` then re-indexes the calls
   whose steps have already fired (about 100 ms for 10,000 calls on a busy 2-core box).
 
+Several servers handle the same AMI events, so every step after a match is conditional and acts
+once, whoever asks first: :meth:`RouterStore.settle` (the call leaves: answered, abandoned, gone),
+:meth:`RouterStore.requeue` for a named agent (no answer), :meth:`RouterStore.transition` (an agent's
+status only from the statuses expected, for the call expected), :meth:`RouterStore.end_wrap_ups` and
+:meth:`RouterStore.expire_offers` (the sweep). Each reply says whether this caller made the change.
+
 Every integer crosses into Lua as a double: :data:`MAX_MS` keeps times and their differences
 exact. The config's own bounds do the rest (``routing/README.md``: units and bounds).
 """
@@ -43,7 +53,8 @@ exact. The config's own bounds do the rest (``routing/README.md``: units and bou
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Set
+from collections.abc import Collection, Mapping, Set
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any, Literal, cast, get_args
@@ -54,7 +65,7 @@ from routing.config import RoutingConfig
 from routing.model import AgentState, AgentStatus, Requirements, WaitingCall
 from routing.trace import Decision, Passed, Reason, Trace
 
-__all__ = ["MAX_MS", "RouterStore"]
+__all__ = ["MAX_MS", "RouterStore", "Settled", "Transition"]
 
 #: Times (ms) must be within ±2**51, so every difference Lua takes stays below 2**53.
 MAX_MS = 2**51
@@ -156,6 +167,15 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _agent_from(agent_id: str, row: list[Any]) -> AgentState:
+    profile, status, idle, reason = row
+    p = json.loads(profile)
+    return AgentState(
+        id=agent_id, skills=p["skills"], languages=frozenset(p["languages"]), groups=frozenset(p["groups"]),
+        status=cast(AgentStatus, _text(status)), idle_since_ms=int(idle), not_ready_reason=_text(reason) or None,
+    )
+
+
 def _decision(reply: str | bytes, *, side: Literal["agent", "call"]) -> Decision:
     """The script's reply. Its trace lists the ids the index led to (at most 32), not every one."""
     d = json.loads(reply)
@@ -169,13 +189,54 @@ def _decision(reply: str | bytes, *, side: Literal["agent", "call"]) -> Decision
     ))
 
 
+CallState = Literal["waiting", "offered", "ringing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What :meth:`RouterStore.settle` found. ``state`` None: the call was not there (another server
+    settled it first, or it never was). ``offered``: reserved, its dial not begun; ``ringing``: begun.
+    ``agent``: the agent it was still reserved for, now set; ``named``: they were the agent asked about
+    (else they were set ready: the offer was void)."""
+
+    state: CallState | None
+    agent: str | None = None
+    named: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What :meth:`RouterStore.transition` did: ``changed`` by this call, and the status before
+    (None for an agent the store does not have)."""
+
+    changed: bool
+    before: AgentStatus | None
+
+
+def _agent_profile(agent: AgentState) -> str:
+    bad = {s: lvl for s, lvl in agent.skills.items() if lvl not in _LEVELS}
+    if bad:
+        raise ValueError(f"agent {agent.id!r}: levels must be 1..5, not {bad}")
+    if agent.status not in _STATUSES:
+        raise ValueError(f"agent {agent.id!r}: unknown status {agent.status!r}")
+    return json.dumps({"skills": dict(agent.skills), "languages": _members(agent.languages),
+                       "groups": _members(agent.groups)}, separators=(",", ":"))
+
+
+def _status(value: str) -> AgentStatus:
+    if value not in _STATUSES:
+        raise ValueError(f"unknown agent status {value!r}")
+    return cast(AgentStatus, value)
+
+
 class RouterStore:
     """The routing state of every server sharing ``redis``; the config in force lives there too.
 
     ``config`` is what :meth:`apply_config` puts in force; until some server has, the scripts
     refuse to run (``ResponseError: ROUTER no routing config``). A reservation ends with
-    :meth:`remove_call` (answered or abandoned: then set the agent ``on_call`` or ``ready``) or
-    :meth:`requeue` (no answer).
+    :meth:`settle` (answered, abandoned, gone: the call leaves and its agent is set in the same
+    step), :meth:`requeue` (no answer) or :meth:`expire_offers` (no dial followed); the lower-level
+    :meth:`remove_call` leaves the agent reserved for the caller to set.
     """
 
     def __init__(self, redis: aioredis.Redis, config: RoutingConfig, *, key_prefix: str = "cti:") -> None:
@@ -199,15 +260,39 @@ class RouterStore:
 
     async def put_agent(self, agent: AgentState) -> None:
         """Store the whole snapshot (login, a profile edit, a tool): status and idle time as given."""
-        bad = {s: lvl for s, lvl in agent.skills.items() if lvl not in _LEVELS}
-        if bad:
-            raise ValueError(f"agent {agent.id!r}: levels must be 1..5, not {bad}")
-        if agent.status not in _STATUSES:
-            raise ValueError(f"agent {agent.id!r}: unknown status {agent.status!r}")
-        profile = json.dumps({"skills": dict(agent.skills), "languages": _members(agent.languages),
-                              "groups": _members(agent.groups)}, separators=(",", ":"))
-        await self._agent(args=[self._ns, "put", agent.id, profile, agent.status,
+        await self._agent(args=[self._ns, "put", agent.id, _agent_profile(agent), agent.status,
                                 _ms(agent.idle_since_ms, "idle_since_ms"), agent.not_ready_reason or ""])
+
+    async def init_agent(self, agent: AgentState, *, now_ms: int) -> bool:
+        """A server starting: an agent the store lacks is stored with ``agent.status``, idle from
+        ``now_ms`` (True); one it has (another server runs, or this one restarted) keeps status, idle time
+        and call and only takes the profile (False)."""
+        return bool(await self._agent(args=[self._ns, "init", agent.id, _agent_profile(agent), agent.status,
+                                            _ms(now_ms, "now_ms"), agent.not_ready_reason or ""]))
+
+    async def transition(self, agent_id: str, status: AgentStatus, *, expect: Collection[AgentStatus],
+                         now_ms: int, expect_call: str | None = None, reason: str | None = None,
+                         call: str | None = None, wrap_until_ms: int | None = None) -> Transition:
+        """Set the agent's status only if it is one of ``expect`` (and, given ``expect_call``, is about
+        that call): of several servers asking for the same step, one moves the agent. ``call`` is the call
+        the new status is about; ``wrap_until_ms`` ends a wrap-up then (:meth:`end_wrap_ups`). Becoming
+        ready starts the idle time at ``now_ms`` unless from ``reserved``, as :meth:`set_agent_status`."""
+        _status(status)
+        if not expect:
+            raise ValueError("expect at least one status")
+        for s in expect:
+            _status(s)
+        until = "" if wrap_until_ms is None else _ms(wrap_until_ms, "wrap_until_ms")
+        moved, before = await self._agent(args=[self._ns, "cas", agent_id, ",".join(sorted(expect)),
+                                                expect_call or "", status, _ms(now_ms, "now_ms"), reason or "",
+                                                call or "", until])
+        return Transition(bool(moved), _status(_text(before)) if _text(before) else None)
+
+    async def end_wrap_ups(self, now_ms: int) -> list[str]:
+        """Every wrap-up due by ``now_ms`` ends (the agent is ready, idle from now); returns who, so the
+        server that ended it offers them a call. Each agent is returned to one caller only."""
+        done = await self._agent(args=[self._ns, "wrapped", _ms(now_ms, "now_ms")])
+        return [_text(a) for a in done]
 
     async def set_agent_status(self, agent_id: str, status: AgentStatus, *, now_ms: int,
                                reason: str | None = None) -> bool:
@@ -218,9 +303,48 @@ class RouterStore:
         return bool(await self._agent(args=[self._ns, "status", agent_id, status, _ms(now_ms, "now_ms"),
                                             reason or ""]))
 
-    async def enqueue(self, call: WaitingCall) -> bool:
-        """Queue a call; False (and nothing changes) if its id is already waiting or reserved."""
-        return bool(await self._call(args=[self._ns, "enqueue", call.id, _call_json(call)]))
+    async def enqueue(self, call: WaitingCall, *, channel: str | None = None) -> bool:
+        """Queue a call; False (and nothing changes) if its id is already waiting or reserved. ``channel``
+        (the one to Redirect) is kept with it for any server that offers it (:meth:`call_channel`)."""
+        return bool(await self._call(args=[self._ns, "enqueue", call.id, _call_json(call), channel or ""]))
+
+    async def call_channel(self, call_id: str) -> str | None:
+        """The channel the call was enqueued with, while the store has the call."""
+        raw = await self._redis.hget(f"{self._ns}call:{call_id}", "ch")
+        return None if raw is None else _text(raw)
+
+    async def held_call(self, call_id: str) -> tuple[WaitingCall, str | None] | None:
+        """The call (waiting or reserved) and the channel it was enqueued with; None if not here."""
+        raw, channel = await self._redis.hmget(f"{self._ns}call:{call_id}", ["d", "ch"])
+        return None if raw is None else (_from_call_json(call_id, raw), None if channel is None else _text(channel))
+
+    async def mark_dialed(self, call_id: str, agent_id: str) -> bool:
+        """The offer to ``agent_id`` began to ring: no longer a stale reservation for
+        :meth:`expire_offers`. True the first time, False after or if not reserved for them."""
+        return bool(await self._call(args=[self._ns, "dialed", call_id, agent_id]))
+
+    async def settle(self, call_id: str, *, agent_status: AgentStatus, now_ms: int, agent: str | None = None,
+                     reason: str | None = None, keep_call: bool = False) -> Settled:
+        """The call leaves the router: answered (``agent_status="on_call"``, ``keep_call``: the agent's
+        status stays about this call), abandoned, gone or fallen back (``"ready"``). Its agent, if still
+        reserved for it, takes ``agent_status`` when they are ``agent`` (or ``agent`` is None), else becomes
+        ready (their offer is void). One of several servers asking finds the call; the rest get None."""
+        _status(agent_status)
+        state, held, named = await self._call(args=[self._ns, "settle", call_id, agent or "", agent_status,
+                                                    reason or "", _ms(now_ms, "now_ms"), "1" if keep_call else ""])
+        found = _text(state)
+        return Settled(cast(CallState, found) if found else None, _text(held) or None, bool(named))
+
+    async def expire_offers(self, older_than_ms: int) -> list[tuple[str, str | None]]:
+        """Reservations made at or before ``older_than_ms`` whose dial never began go back to waiting, in
+        their place, and their agents become ready (idle time kept): (call id, agent id) for each, to
+        one caller only."""
+        flat = [_text(x) for x in await self._call(args=[self._ns, "expire", _ms(older_than_ms, "older_than_ms")])]
+        return [(flat[i], flat[i + 1] or None) for i in range(0, len(flat), 2)]
+
+    async def ready_count(self) -> int:
+        """How many agents are ready (all of them are in ``r:any``)."""
+        return int(await self._redis.zcard(f"{self._ns}r:any"))
 
     async def remove_call(self, call_id: str) -> bool:
         """Answered or abandoned: the call leaves the store. A reserved agent stays reserved (with no
@@ -228,11 +352,12 @@ class RouterStore:
         return bool(await self._call(args=[self._ns, "remove", call_id]))
 
     async def requeue(self, call_id: str, *, agent_status: Literal["not_ready", "ready"] = "not_ready",
-                      reason: str | None = None) -> bool:
+                      reason: str | None = None, agent: str | None = None) -> bool:
         """No answer (RONA): the reserved call waits again with its ``enqueued_at_ms``, so it keeps
         its step and score; its agent, if still reserved for it, becomes ``agent_status`` (not ready
-        for ``reason``, by default the config's ``rona_not_ready_reason``). False if not reserved."""
-        return bool(await self._call(args=[self._ns, "requeue", call_id, agent_status, reason or ""]))
+        for ``reason``, by default the config's ``rona_not_ready_reason``). False if not reserved (for
+        ``agent``, when given: a late report of an earlier offer leaves a newer one alone)."""
+        return bool(await self._call(args=[self._ns, "requeue", call_id, agent_status, reason or "", agent or ""]))
 
     async def match_for_agent(self, agent_id: str, now_ms: int) -> Decision | None:
         """A newly free agent takes the best call they may take, as ``best_call_for_agent``; both reserved."""
@@ -266,12 +391,9 @@ class RouterStore:
             for agent_id in ids:
                 pipe.hmget(f"{self._ns}agent:{agent_id}", ["p", "status", "idle", "reason"])
             rows = await pipe.execute()
-        out = []
-        for agent_id, (profile, status, idle, reason) in zip(ids, rows, strict=True):
-            p = json.loads(profile)
-            out.append(AgentState(
-                id=agent_id, skills=p["skills"], languages=frozenset(p["languages"]), groups=frozenset(p["groups"]),
-                status=cast(AgentStatus, _text(status)), idle_since_ms=int(idle),
-                not_ready_reason=_text(reason) or None,
-            ))
-        return out
+        return [_agent_from(agent_id, row) for agent_id, row in zip(ids, rows, strict=True)]
+
+    async def agent(self, agent_id: str) -> AgentState | None:
+        """One agent as stored, None if the store does not have them."""
+        row = await self._redis.hmget(f"{self._ns}agent:{agent_id}", ["p", "status", "idle", "reason"])
+        return None if row[0] is None else _agent_from(agent_id, row)

@@ -1,0 +1,687 @@
+"""CTI routing mode: AMI events in, routing decisions and AMI actions out.
+
+The dialplan (``config/asterisk/extensions_cti.conf``) parks each caller in the hold context and says
+so (``UserEvent CtiHold``). The controller queues the call in the router store and offers it to the
+best agent: ``Setvar`` CTI_AGENT, CTI_ENDPOINT (the agent's dial string) and CTI_RING_S on the held
+channel, then ``Redirect`` to the connect context, whose ``Dial`` rings the agent. The dial's events,
+``CtiNoAnswer`` (RONA), ``Hangup``, ``BlindTransfer`` and the fallback to ``Queue()`` follow the call
+to its end; the agent then wraps up and is offered the next call.
+
+Several servers, each with its own AMI connection to the same Asterisk and one Redis, run this on
+the same event stream. So every step after a match is a conditional store operation
+(:class:`~cti.router.store.RouterStore`: ``settle``, ``requeue`` for a named agent, ``transition``
+from the statuses expected, ``end_wrap_ups``, ``expire_offers``): the first server to handle an event
+makes the change and the others find nothing to do. Only the server whose script made a reservation
+sends its Redirect, so one match rings one phone. Counters count on the server that made the change:
+summed over the servers they are the cluster's.
+
+Timing: :meth:`RoutingController.on_event` only appends (the AMI read path never waits);
+:meth:`RoutingController.run` handles the events strictly in arrival order and, between them, the
+timers: wrap-ups that end (their deadlines are in Redis, so any server ends them) and the sweep. The
+clock is injected (epoch ms, the same on every server: they compare each other's enqueue times).
+
+Nothing here pushes to agents: screen pops come from the call model, which offers a call on the
+``DialBegin`` to an agent's endpoint (``cti/model/reducer.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal, Protocol
+
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from cti.agents import AgentRegistry, device_of
+from cti.ami.codec import Message, UnsafeValueError
+from cti.ami.errors import AmiActionError, AmiConnectionError, AmiTimeout
+from cti.config import AgentConfig, RoutingModeConfig
+from cti.router import agent_state
+from cti.router.agent_state import AgentStateError, UnknownAgentError
+from cti.router.intake import waiting_call
+from cti.router.store import RouterStore
+from cti.supervise import raise_if_cancelling
+from routing.config import RoutingConfig
+from routing.decide import explain_call
+from routing.escalation import next_escalation_ms, wait_ms
+from routing.model import AgentStatus, WaitingCall
+from routing.score import call_key, call_score
+from routing.trace import Decision, Trace
+
+__all__ = ["HANDLED_EVENTS", "Actions", "Explanation", "RoutingController", "RoutingCounters"]
+
+log = structlog.get_logger(__name__)
+
+#: The AMI events :meth:`RoutingController.on_event` keeps; every other is dropped on arrival.
+HANDLED_EVENTS: Final = frozenset({
+    "UserEvent", "DialBegin", "DialEnd", "Hangup", "BridgeEnter", "BlindTransfer", "QueueCallerJoin",
+})
+
+#: How Asterisk 22 says the channel is gone: Setvar (and Hangup, Getvar) ``No such channel``; Redirect
+#: ``Channel does not exist: <name>`` (ctiedge capture); the simulator ``Channel specified does not exist``.
+_GONE: Final = ("No such channel", "Channel does not exist", "Channel specified does not exist")
+
+Side = Literal["call", "agent"]
+Phase = Literal["waiting", "offered", "ringing", "talking", "done"]
+
+
+class Actions(Protocol):
+    """What the controller needs of the AMI client (:meth:`cti.ami.client.AmiClient.action`)."""
+
+    def action(self, name: str, fields: Mapping[str, str]) -> Awaitable[Message]: ...
+
+
+@dataclass(slots=True)
+class RoutingCounters:
+    """Outcomes, counted on the server that made each change (the app copies them into Prometheus)."""
+
+    offered: int = 0            # Redirects that went through
+    answered: int = 0
+    abandoned_hold: int = 0     # the caller hung up waiting (or before the offer's dial began)
+    abandoned_ringing: int = 0  # ... while the agent's phone rang (no RONA: the agent is ready again)
+    rona: int = 0               # no answer (or busy, unavailable): requeued, the agent not ready
+    gone: int = 0               # the channel was gone when offered (or a value could not be sent)
+    fallback: int = 0           # left for Asterisk's Queue() (the hold limit)
+    offer_failed: int = 0       # AMI down, timed out or refusing: requeued, retried by the sweep
+    offer_expired: int = 0      # a reservation whose dial never began (its server died?): requeued
+    redis_errors: int = 0       # events and timers that failed on Redis (logged, skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """One decision about a call: when, to whom, whose side asked (a new call or a free agent), why."""
+
+    at_ms: int
+    agent: str
+    side: Side
+    trace: Trace
+
+
+@dataclass(slots=True)
+class _Call:
+    """What this server knows of a held call (the store knows the rest)."""
+
+    id: str                     # the held channel's Uniqueid: the router's call id
+    channel: str                # the channel to Redirect
+    linkedid: str
+    waiting: WaitingCall
+    phase: Phase = "waiting"
+    agent: str | None = None    # offered to, ringing or talking
+    agent_leg: str | None = None  # Uniqueid of the agent's channel the dial created
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _is_gone(message: str) -> bool:
+    return message.startswith(_GONE)
+
+
+def _lost_config(exc: RedisError) -> bool:
+    """Redis lost the routing state (restarted without persistence, flushed)."""
+    return isinstance(exc, ResponseError) and "no routing config" in str(exc)
+
+
+class RoutingController:
+    """Routes the held callers of CTI routing mode. One per server; see the module docstring.
+
+    ``agents`` are the configured agents (``interface`` is what CTI_ENDPOINT dials); their routing
+    profiles come from ``store.config.agents``. ``call_vars(linkedid)`` gives a call's ``CTI_*``
+    variables (the call model keeps them) and ``customer_of(linkedid)`` its directory record.
+    """
+
+    def __init__(self, store: RouterStore, actions: Actions, agents: Iterable[AgentConfig], mode: RoutingModeConfig,
+                 *, call_vars: Callable[[str], Mapping[str, str] | None],
+                 customer_of: Callable[[str], Mapping[str, Any] | None],
+                 now_ms: Callable[[], int] = _wall_ms, traces_per_call: int = 8, traced_calls: int = 1024,
+                 max_calls: int = 100_000) -> None:
+        self._store = store
+        self._actions = actions
+        self._agents = AgentRegistry(agents)
+        self._mode = mode
+        self._call_vars = call_vars
+        self._customer_of = customer_of
+        self._now = now_ms
+        self._traces_per_call = traces_per_call
+        self._traced_calls = traced_calls
+        self._max_calls = max_calls
+        self.counters = RoutingCounters()
+        self._events: deque[Message] = deque()
+        self._wake = asyncio.Event()
+        self._calls: OrderedDict[str, _Call] = OrderedDict()
+        self._legs: dict[str, str] = {}  # agent channel Uniqueid -> call id
+        self._tried: OrderedDict[str, int] = OrderedDict()  # call id -> when this server last matched it
+        self._traces: OrderedDict[str, deque[Explanation]] = OrderedDict()
+        self._wrap_due: list[int] = []  # heap of wrap-up ends this server started
+        self._next_sweep_ms: int | None = None
+        self._sweep_ms = max(1, int(mode.sweep_s * 1000))
+        self._handlers: dict[str, Callable[[Message], Awaitable[None]]] = {
+            "UserEvent": self._on_user_event, "DialBegin": self._on_dial_begin, "DialEnd": self._on_dial_end,
+            "Hangup": self._on_hangup, "BridgeEnter": self._on_bridge_enter, "BlindTransfer": self._on_blind_transfer,
+            "QueueCallerJoin": self._on_queue_join,
+        }
+
+    @property
+    def config(self) -> RoutingConfig:
+        return self._store.config
+
+    @property
+    def pending(self) -> int:
+        """Events received and not yet handled."""
+        return len(self._events)
+
+    # ----- the event path ---------------------------------------------------------------------------
+
+    def on_event(self, msg: Message) -> None:
+        """The AMI client's callback: keep the event for :meth:`run`, never wait."""
+        if msg.event in HANDLED_EVENTS:
+            self._events.append(msg)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Start (:meth:`start`), then handle events in order and the timers between them, for ever."""
+        await self.start()
+        while True:
+            while self._events:
+                await self.handle(self._events.popleft())
+                if self._timers_due():
+                    await self.tick()
+            if self._timers_due():
+                await self.tick()
+            self._wake.clear()
+            if self._events:
+                continue
+            try:
+                async with asyncio.timeout(self._seconds_to_timer()):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def drain(self) -> int:
+        """Handle every event received so far, now (tests and tools; :meth:`run` does this itself)."""
+        handled = 0
+        while self._events:
+            await self.handle(self._events.popleft())
+            handled += 1
+        return handled
+
+    async def start(self) -> None:
+        """Put this server's routing config in force, add the configured agents the store lacks as
+        ready (the others keep their status: another server runs, or this one restarted), and offer
+        each ready agent a call."""
+        await self._store.apply_config()
+        now = self._now()
+        new = [a.id for a in self._agents
+               if await self._store.init_agent(self.config.agent_state(a.id, status="ready"), now_ms=now)]
+        log.info("route.started", agents=len(self._agents), new_agents=new, hold_context=self._mode.hold_context,
+                 connect_context=self._mode.connect_context)
+        self._next_sweep_ms = now + self._sweep_ms
+        for agent in self._agents:
+            await self._match_agent(agent.id)
+
+    async def handle(self, msg: Message) -> None:
+        """One event, now. A Redis failure is logged and the event skipped: the sweep, the next
+        event of the call or (at worst) the dialplan's hold limit picks the call up again."""
+        handler = self._handlers.get(msg.event or "")
+        if handler is not None:
+            await self._guarded(handler(msg), msg.event or "")
+
+    async def tick(self) -> None:
+        """The timers, by the injected clock: wrap-ups that are over, then the sweep when due."""
+        await self._guarded(self._tick(), "tick")
+
+    async def _guarded(self, step: Awaitable[None], what: str) -> None:
+        try:
+            await step
+        except RedisError as exc:
+            raise_if_cancelling()
+            self.counters.redis_errors += 1
+            log.error("route.redis_failed", during=what, error=repr(exc))
+            if _lost_config(exc):
+                await self._recover()
+
+    async def _recover(self) -> None:
+        """Redis came back empty: the config, the calls this server holds on hold (in their places)
+        and the agents (as at start-up) go back in, and the agents are offered the calls."""
+        try:
+            await self._store.apply_config()
+            held = [c for c in self._calls.values() if c.phase in ("waiting", "offered")]
+            for call in held:
+                call.phase, call.agent = "waiting", None
+                await self._store.enqueue(call.waiting, channel=call.channel)
+            log.warning("route.recovered", calls=len(held))
+            await self.start()
+        except RedisError as exc:
+            raise_if_cancelling()
+            log.error("route.recover_failed", error=repr(exc))
+
+    # ----- timers -----------------------------------------------------------------------------------
+
+    def _next_timer_ms(self) -> int | None:
+        due = [t for t in (self._next_sweep_ms, self._wrap_due[0] if self._wrap_due else None) if t is not None]
+        return min(due) if due else None
+
+    def _timers_due(self) -> bool:
+        at = self._next_timer_ms()
+        return at is not None and self._now() >= at
+
+    def _seconds_to_timer(self) -> float:
+        at = self._next_timer_ms()
+        return self._sweep_ms / 1000 if at is None else max(0.0, (at - self._now()) / 1000)
+
+    async def _tick(self) -> None:
+        now = self._now()
+        while self._wrap_due and self._wrap_due[0] <= now:
+            heapq.heappop(self._wrap_due)
+        for agent_id in await self._store.end_wrap_ups(now):
+            log.info("route.ready", agent=agent_id, after="wrap_up")
+            await self._match_agent(agent_id)
+        if self._next_sweep_ms is None or now >= self._next_sweep_ms:
+            self._next_sweep_ms = now + self._sweep_ms
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Requeue reservations no dial followed within ``reservation_timeout_s``, then offer again the
+        waiting calls whose escalation has moved on since this server last tried them (a step that
+        relaxed the requirements takes effect), best call first, while anyone is ready."""
+        now = self._now()
+        cutoff = now - int(self._mode.reservation_timeout_s * 1000)
+        for call_id, agent_id in await self._store.expire_offers(cutoff):
+            self.counters.offer_expired += 1
+            self._tried.pop(call_id, None)
+            call = self._calls.get(call_id)
+            if call is not None:
+                call.phase, call.agent = "waiting", None
+            log.warning("route.offer_expired", call=call_id, agent=agent_id,
+                        timeout_s=self._mode.reservation_timeout_s)
+            if agent_id:
+                await self._match_agent(agent_id)
+        if not await self._store.ready_count():
+            return
+        due = [c for c in await self._store.waiting() if self._retry_due(c, now)]
+        for waiting in sorted(due, key=lambda c: self._rank(c, now)):
+            await self._match_call(waiting.id, now)
+
+    def _retry_due(self, call: WaitingCall, now: int) -> bool:
+        tried = self._tried.get(call.id)
+        if tried is None:
+            return True
+        if call.entry_point not in self.config.entry_points:
+            return False
+        step_at = next_escalation_ms(call, self.config, tried)
+        return step_at is not None and step_at <= now
+
+    def _rank(self, call: WaitingCall, now: int) -> tuple[int, int, str]:
+        tier = self.config.tiers.get(call.tier)
+        score = -1 if tier is None else call_score(tier, wait_ms(call, now), self.config)
+        return call_key(score, call.enqueued_at_ms, call.id)
+
+    # ----- matching and offering --------------------------------------------------------------------
+
+    async def _match_call(self, call_id: str, now: int) -> None:
+        self._tried[call_id] = now
+        self._tried.move_to_end(call_id)
+        while len(self._tried) > self._max_calls:
+            self._tried.popitem(last=False)
+        decision = await self._store.match_for_call(call_id, now)
+        if decision is not None and await self._offer(decision, "call"):
+            await self._match_agent(decision.agent_id)
+
+    async def _match_agent(self, agent_id: str) -> None:
+        """The agent is free: their best call, and again while the calls offered turn out gone."""
+        while True:
+            decision = await self._store.match_for_agent(agent_id, self._now())
+            if decision is None or not await self._offer(decision, "agent"):
+                return
+
+    async def _offer(self, d: Decision, side: Side) -> bool:
+        """Ring the agent through the dialplan. True if the call was gone and this server freed the
+        agent again (the caller offers them the next call); an AMI failure is left to the sweep, which
+        keeps a dead link from spinning through every waiting call."""
+        self._explain(d, side)
+        agent = self._agents.get(d.agent_id)
+        call = self._calls.get(d.call_id) or await self._adopt(d.call_id)
+        if agent is None or call is None:
+            why = "agent not configured on this server" if agent is None else "channel unknown"
+            await self._offer_failed(d, call.channel if call is not None else None, why, retry=agent is not None)
+            return False
+        channel = call.channel
+        call.phase, call.agent = "offered", agent.id
+        try:
+            for name, fields in self._offer_actions(channel, agent):
+                await self._actions.action(name, fields)
+        except AmiActionError as exc:
+            if _is_gone(exc.message):
+                return await self._gone(d, channel, f"{exc.action}: {exc.message}")
+            await self._offer_failed(d, channel, f"{exc.action}: {exc.message}")
+            return False
+        except UnsafeValueError as exc:
+            return await self._gone(d, channel, str(exc))
+        except (AmiConnectionError, AmiTimeout) as exc:
+            await self._offer_failed(d, channel, repr(exc))
+            return False
+        self.counters.offered += 1
+        log.info("route.offered", call=d.call_id, agent=agent.id, channel=channel, endpoint=agent.interface)
+        return False
+
+    def _offer_actions(self, channel: str, agent: AgentConfig) -> list[tuple[str, dict[str, str]]]:
+        ring_s = str(self.config.reservation.offer_timeout_s)
+        return [
+            *(("Setvar", {"Channel": channel, "Variable": var, "Value": value})
+              for var, value in (("CTI_AGENT", agent.id), ("CTI_ENDPOINT", agent.interface), ("CTI_RING_S", ring_s))),
+            ("Redirect", {"Channel": channel, "Context": self._mode.connect_context, "Exten": "s", "Priority": "1"}),
+        ]
+
+    async def _gone(self, d: Decision, channel: str, why: str) -> bool:
+        settled = await self._store.settle(d.call_id, agent=d.agent_id, agent_status="ready", now_ms=self._now())
+        if settled.state is not None:
+            self.counters.gone += 1
+        log.warning("route.gone", call=d.call_id, agent=d.agent_id, channel=channel, reason=why)
+        self._forget(d.call_id)
+        return settled.agent == d.agent_id
+
+    async def _offer_failed(self, d: Decision, channel: str | None, why: str, *, retry: bool = True) -> None:
+        """Give the call back in its place and the agent their readiness; ``retry``: the sweep tries
+        the call again (not for an agent this server cannot ring: it would only pick them again)."""
+        requeued = await self._store.requeue(d.call_id, agent_status="ready", agent=d.agent_id)
+        if requeued:
+            self.counters.offer_failed += 1
+        if retry:
+            self._tried.pop(d.call_id, None)
+        call = self._calls.get(d.call_id)
+        if call is not None:
+            call.phase, call.agent = "waiting", None
+        log.warning("route.offer_failed", call=d.call_id, agent=d.agent_id, channel=channel, reason=why,
+                    requeued=requeued)
+
+    # ----- explainability ---------------------------------------------------------------------------
+
+    def _explain(self, d: Decision, side: Side) -> None:
+        t = d.trace
+        passed = t.agents_passed if side == "call" else t.calls_passed
+        req = t.requirements
+        log.info("route.matched", call=d.call_id, agent=d.agent_id, side=side, step=t.step, wait_ms=t.wait_ms,
+                 score=t.score, skills=dict(req.skills), any_of=dict(req.any_of), language=req.language,
+                 preferred=t.preferred_agent, held_for_preferred=t.waits_for_preferred,
+                 passed=[f"{p.id}:{p.reason}" for p in passed])
+        kept = self._traces.get(d.call_id)
+        if kept is None:
+            kept = self._traces[d.call_id] = deque(maxlen=self._traces_per_call)
+            while len(self._traces) > self._traced_calls:
+                self._traces.popitem(last=False)
+        else:
+            self._traces.move_to_end(d.call_id)
+        kept.append(Explanation(self._now(), d.agent_id, side, t))
+
+    def explain(self, call_id: str) -> tuple[Explanation, ...]:
+        """The last decisions about a call (oldest first), from this server; empty if none kept."""
+        return tuple(self._traces.get(call_id, ()))
+
+    async def why_waiting(self, call_id: str) -> Trace | None:
+        """Why a waiting call has no agent now: every agent with the reason they cannot take it
+        (:func:`routing.decide.explain_call` over the store's state). None if it is not waiting."""
+        call = next((c for c in await self._store.waiting() if c.id == call_id), None)
+        if call is None:
+            return None
+        return explain_call(call, await self._store.agents(), self.config, self._now())
+
+    # ----- the calls --------------------------------------------------------------------------------
+
+    async def _adopt(self, call_id: str) -> _Call | None:
+        """A call another server queued before this one saw it (this one started later): followed from
+        here on, so its dial is seen to begin (else the sweep would take it for a stale offer)."""
+        held = await self._store.held_call(call_id)
+        if held is None or held[1] is None:
+            return None
+        call = _Call(call_id, held[1], call_id, held[0])
+        self._track(call)
+        return call
+
+    def _track(self, call: _Call) -> None:
+        old = self._calls.get(call.id)
+        if old is not None and old.agent_leg is not None:
+            self._legs.pop(old.agent_leg, None)
+        self._calls[call.id] = call
+        self._calls.move_to_end(call.id)
+        while len(self._calls) > self._max_calls:
+            old_id, _ = self._calls.popitem(last=False)
+            log.warning("route.forgotten", call=old_id, reason="too many calls tracked")
+
+    def _forget(self, call_id: str) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is not None and call.agent_leg is not None:
+            self._legs.pop(call.agent_leg, None)
+        self._tried.pop(call_id, None)
+
+    def _agent_named(self, name: str | None) -> str | None:
+        """CtiNoAnswer's ``Agent``: an agent id (CTI_AGENT), or an extension (older dialplans)."""
+        if not name:
+            return None
+        agent = self._agents.get(name) or self._agents.by_extension(name)
+        return agent.id if agent is not None else None
+
+    async def _on_user_event(self, msg: Message) -> None:
+        kind = msg.get("UserEvent")
+        if kind == "CtiHold":
+            await self._on_hold(msg)
+        elif kind == "CtiNoAnswer":
+            await self._on_no_answer(msg)
+        elif kind == "CtiFallback":
+            await self._left_router(msg.get("Uniqueid") or "", msg.get("Queue"))
+
+    async def _on_hold(self, msg: Message) -> None:
+        """The caller waits: queue them (again, after a no-answer: the store keeps their first enqueue
+        time) and look for an agent."""
+        f = msg.fields
+        call_id, channel = f.get("Uniqueid"), f.get("Channel")
+        if not call_id or not channel:
+            log.warning("route.malformed", ami_event="CtiHold", missing="Uniqueid" if not call_id else "Channel")
+            return
+        linkedid = f.get("Linkedid") or call_id
+        now = self._now()
+        intake = waiting_call(call_id, self.config, now_ms=now, entry=f.get("Entry"),
+                              variables=self._call_vars(linkedid) or {}, customer=self._customer_of(linkedid),
+                              agents=self._agents.ids)
+        waiting = intake.call
+        known = self._calls.get(call_id)
+        if known is not None:
+            waiting = replace(waiting, enqueued_at_ms=known.waiting.enqueued_at_ms)
+        self._track(_Call(call_id, channel, linkedid, waiting))
+        if intake.ignored:
+            log.warning("route.intake_ignored", call=call_id, ignored=list(intake.ignored))
+        new = await self._store.enqueue(waiting, channel=channel)
+        log.info("route.waiting", call=call_id, linkedid=linkedid, channel=channel, entry_point=waiting.entry_point,
+                 tier=waiting.tier, language=waiting.language, preferred=waiting.preferred_agent, again=not new)
+        await self._match_call(call_id, now)
+
+    async def _on_no_answer(self, msg: Message) -> None:
+        """RONA (or busy, unavailable): the call waits again in its place, the agent goes not ready;
+        the caller is back on hold and a fresh CtiHold offers the call again."""
+        call_id = msg.get("Uniqueid") or ""
+        call = self._calls.get(call_id)
+        agent_id = self._agent_named(msg.get("Agent")) or (call.agent if call is not None else None)
+        reason = self.config.reservation.rona_not_ready_reason
+        requeued = await self._store.requeue(call_id, agent_status="not_ready", reason=reason, agent=agent_id)
+        if call is not None and (requeued or call.agent in (None, agent_id)):  # not a late report of an old offer
+            if call.agent_leg is not None:
+                self._legs.pop(call.agent_leg, None)
+            call.phase, call.agent, call.agent_leg = "waiting", None, None
+        if requeued:
+            self.counters.rona += 1
+            log.info("route.rona", call=call_id, agent=agent_id, status=msg.get("Status"), not_ready_reason=reason)
+
+    async def _left_router(self, call_id: str, queue: str | None) -> None:
+        """CtiFallback, or the held channel joined app_queue: Asterisk's queue has the call now."""
+        if not call_id:
+            return
+        settled = await self._store.settle(call_id, agent_status="ready", now_ms=self._now())
+        self._forget(call_id)
+        if settled.state is not None:
+            self.counters.fallback += 1
+            log.info("route.fallback", call=call_id, queue=queue, was=settled.state, agent=settled.agent)
+        if settled.agent is not None:
+            await self._match_agent(settled.agent)
+
+    async def _on_queue_join(self, msg: Message) -> None:
+        call_id = msg.get("Uniqueid") or ""
+        if call_id in self._calls:
+            await self._left_router(call_id, msg.get("Queue"))
+
+    async def _on_dial_begin(self, msg: Message) -> None:
+        f = msg.fields
+        call = self._calls.get(f.get("Uniqueid", ""))
+        dest = f.get("DestChannel")
+        agent = self._agents.by_device(device_of(dest)) if call is not None and dest else None
+        if call is None or agent is None:
+            return  # not a held caller ringing one of our agents (app_queue's rings, other dials)
+        if call.agent not in (None, agent.id):
+            log.warning("route.unexpected_dial", call=call.id, offered=call.agent, dialled=agent.id)
+        call.phase, call.agent = "ringing", agent.id
+        leg = f.get("DestUniqueid")
+        if leg:
+            call.agent_leg = leg
+            self._legs[leg] = call.id
+        if await self._store.mark_dialed(call.id, agent.id):
+            log.info("route.ringing", call=call.id, agent=agent.id, agent_channel=dest)
+
+    async def _on_dial_end(self, msg: Message) -> None:
+        f = msg.fields
+        call = self._calls.get(f.get("Uniqueid", ""))
+        if call is None or call.phase in ("talking", "done"):
+            return
+        dest = f.get("DestChannel")
+        agent = self._agents.by_device(device_of(dest)) if dest else None
+        status = f.get("DialStatus")
+        if status == "ANSWER":
+            await self._answered(call, agent.id if agent is not None else call.agent)
+        elif status == "CANCEL":  # the caller hung up while it rang (or was taken away from the dial)
+            await self._caller_left(call)
+            self._forget(call.id)
+        # NOANSWER, BUSY, CHANUNAVAIL, CONGESTION: the dialplan's CtiNoAnswer follows
+
+    async def _on_bridge_enter(self, msg: Message) -> None:
+        """The agent's channel entering the caller's bridge answers too (when no DialEnd says so)."""
+        call_id = self._legs.get(msg.get("Uniqueid") or "")
+        call = self._calls.get(call_id) if call_id else None
+        if call is not None and call.phase == "ringing":
+            await self._answered(call, call.agent)
+
+    async def _answered(self, call: _Call, agent_id: str | None) -> None:
+        if agent_id is None:
+            return
+        call.phase, call.agent = "talking", agent_id
+        now = self._now()
+        settled = await self._store.settle(call.id, agent=agent_id, agent_status="on_call", keep_call=True,
+                                           now_ms=now)
+        if settled.state is None:
+            return  # another server settled it
+        if not settled.named:  # answered by someone the store had not reserved: they are on it all the same
+            moved = await self._step(agent_id, "on_call", expect={"ready"}, now_ms=now, call=call.id)
+            log.warning("route.unexpected_answer", call=call.id, agent=agent_id, reserved=settled.agent, moved=moved)
+            if settled.agent is not None:
+                await self._match_agent(settled.agent)
+        self.counters.answered += 1
+        log.info("route.answered", call=call.id, agent=agent_id, wait_ms=now - call.waiting.enqueued_at_ms)
+
+    async def _caller_left(self, call: _Call) -> None:
+        """The caller is gone: out of the store if still there, the agent of an offer ready again."""
+        settled = await self._store.settle(call.id, agent_status="ready", now_ms=self._now())
+        if settled.state in ("waiting", "offered"):
+            self.counters.abandoned_hold += 1
+            log.info("route.abandoned", call=call.id, phase="hold", agent=settled.agent)
+        elif settled.state == "ringing":
+            self.counters.abandoned_ringing += 1
+            log.info("route.abandoned", call=call.id, phase="ringing", agent=settled.agent)
+        if settled.agent is not None:
+            await self._match_agent(settled.agent)
+
+    async def _on_hangup(self, msg: Message) -> None:
+        uid = msg.get("Uniqueid") or ""
+        call = self._calls.get(uid)
+        if call is not None:  # the caller's side
+            await self._caller_left(call)
+            if call.phase == "talking":
+                await self._wrap_up(call, "caller hung up")
+            self._forget(uid)
+            return
+        call_id = self._legs.get(uid)
+        call = self._calls.get(call_id) if call_id else None
+        if call is not None and call.phase == "talking":  # the agent's side, first
+            await self._wrap_up(call, "agent hung up")
+
+    async def _on_blind_transfer(self, msg: Message) -> None:
+        """The agent handed the caller on: their part is over. The caller is no longer ours either (a
+        transfer back into the hold context brings a fresh CtiHold)."""
+        f = msg.fields
+        if f.get("Result", "Success") != "Success":
+            return
+        call = self._calls.get(f.get("TransfereeUniqueid", ""))
+        if call is None:
+            call = self._calls.get(self._legs.get(f.get("TransfererUniqueid", ""), ""))
+        if call is None or call.phase != "talking":
+            return
+        log.info("route.transferred", call=call.id, agent=call.agent,
+                 to=f"{f.get('Extension', '')}@{f.get('Context', '')}")
+        await self._wrap_up(call, "blind transfer")
+        self._forget(call.id)
+
+    async def _wrap_up(self, call: _Call, why: str) -> None:
+        """The agent's part of the call is over: wrap-up, then ready (by the timer, on any server)."""
+        agent_id, call.phase = call.agent, "done"
+        if agent_id is None:
+            return
+        now = self._now()
+        until = now + self._wrapup_ms(call.waiting.entry_point)
+        if await self._step(agent_id, "wrap_up", expect={"on_call"}, now_ms=now, expect_call=call.id, call=call.id,
+                            wrap_until_ms=until):
+            heapq.heappush(self._wrap_due, until)
+            log.info("route.wrap_up", agent=agent_id, call=call.id, until_ms=until, reason=why)
+
+    def _wrapup_ms(self, entry_point: str) -> int:
+        """The entry point's own ``wrapup_s`` (routing config) if it sets one, else ``routing.wrapup_s``."""
+        ep = self.config.entry_points.get(entry_point)
+        seconds = ep.wrapup_s if ep is not None and ep.wrapup_s is not None else self._mode.wrapup_s
+        return int(seconds * 1000)
+
+    async def _step(self, agent_id: str, status: AgentStatus, *, expect: Collection[AgentStatus], now_ms: int,
+                    expect_call: str | None = None, call: str | None = None, wrap_until_ms: int | None = None) -> bool:
+        """A routing step of the agent's state machine, applied only from ``expect`` (for ``expect_call``)."""
+        agent_state.check(agent_id, expect, status)
+        moved = await self._store.transition(agent_id, status, expect=expect, now_ms=now_ms, expect_call=expect_call,
+                                             call=call, wrap_until_ms=wrap_until_ms)
+        return moved.changed
+
+    # ----- agents, by hand (CLI, API) ---------------------------------------------------------------
+
+    async def set_ready(self, agent_id: str) -> None:
+        """Ready for calls (from not ready, logged out, or wrap-up cut short); offered one at once."""
+        await self._by_hand(agent_id, "ready")
+        await self._match_agent(agent_id)
+
+    async def set_not_ready(self, agent_id: str, reason: str) -> None:
+        """Not ready for one of the routing config's ``not_ready_reasons``."""
+        if reason not in self.config.not_ready_reasons:
+            raise ValueError(f"unknown not-ready reason {reason!r} (known: {', '.join(self.config.not_ready_reasons)})")
+        await self._by_hand(agent_id, "not_ready", reason)
+
+    async def log_out(self, agent_id: str) -> None:
+        await self._by_hand(agent_id, "logged_out")
+
+    async def _by_hand(self, agent_id: str, status: AgentStatus, reason: str | None = None) -> None:
+        """Raise :class:`UnknownAgentError` or :class:`AgentStateError` (the store's status decides,
+        atomically: the step is applied only from the statuses a person may leave)."""
+        if agent_id not in self._agents:
+            raise UnknownAgentError(agent_id)
+        moved = await self._store.transition(agent_id, status, expect=agent_state.sources(status, manual=True),
+                                             now_ms=self._now(), reason=reason)
+        if moved.before is None:
+            raise UnknownAgentError(agent_id)
+        if not moved.changed:
+            raise AgentStateError(agent_id, moved.before, status, manual=True)
+        log.info("route.agent_status", agent=agent_id, status=status, reason=reason, before=moved.before)
