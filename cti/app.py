@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -23,11 +25,12 @@ from redis.exceptions import RedisError
 from cti.agents import AgentRegistry
 from cti.agi import AgiServer, AgiSettings, IvrResult, customer_directory
 from cti.ami.client import AmiClient
+from cti.ami.codec import Message
 from cti.config import Config
 from cti.directory.cache import CachedDirectory
 from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
-from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS
+from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS, ROUTING_OUTCOMES
 from cti.model.reducer import CallModel
 from cti.model_store import ModelStore
 from cti.pipeline import EventPipeline
@@ -35,10 +38,14 @@ from cti.push.envelope import RedisSequencer
 from cti.push.mqtt import MqttSink
 from cti.push.notifier import AgentNotifier, Sink
 from cti.push.ws import WebSocketHub
+from cti.router.controller import RoutingController
+from cti.router.store import RouterStore
 from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
 from cti.web.routes import WebState
+from cti.web.routing_api import routing_routes
 from ivr_flows import Flow, FlowError, load_flows
+from routing.config import RoutingConfigError, load_routing_config
 
 __all__ = ["CtiServer", "StartupError", "run_demo", "run_server"]
 
@@ -47,6 +54,16 @@ log = structlog.get_logger(__name__)
 
 class StartupError(Exception):
     """Something the server needs before it can take calls is missing; the message says what."""
+
+
+class _Later:
+    """The AMI client's actions, for the router, which is made first: the client's on_event feeds it."""
+
+    def __init__(self, client: Callable[[], AmiClient]) -> None:
+        self._client = client
+
+    def action(self, name: str, fields: Mapping[str, str]) -> Awaitable[Message]:
+        return self._client().action(name, fields)
 
 
 class CtiServer:
@@ -75,6 +92,7 @@ class CtiServer:
         self.agi: AgiServer | None = None
         self.flows: dict[str, Flow] = {}
         self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
+        self.router: RoutingController | None = None  # CTI routing mode only
 
     async def __aenter__(self) -> CtiServer:
         try:
@@ -119,11 +137,14 @@ class CtiServer:
         self.model.restore(await self.store.load())  # a restart resumes the calls it had
         self.pipeline = EventPipeline(model=self.model, notifier=self.notifier, directory=self.customer_cache,
                                       subscribers=[self.store])
-        self.ami = AmiClient(config=cfg.ami, on_event=self.pipeline.on_event, on_connect=self.pipeline.on_connect)
+        on_event: Callable[[Message], None] = self.pipeline.on_event
+        if cfg.routing.mode == "cti":
+            on_event = self._route_calls(redis)
+        self.ami = AmiClient(config=cfg.ami, on_event=on_event, on_connect=self.pipeline.on_connect)
 
+        extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ())]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
-                                     customer_of=self.pipeline.customer_of),
-                            extra_routes=self.hub.routes())
+                                     customer_of=self.pipeline.customer_of), extra_routes=extra)
         app.on_shutdown.append(lambda _app: self.hub.close_all())
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -143,6 +164,8 @@ class CtiServer:
         self._tasks.append(sup.start("cti.ami", self.ami.run))
         if self.mqtt is not None:
             self._tasks.append(sup.start("cti.mqtt", self.mqtt.run))
+        if self.router is not None:
+            self._tasks.append(sup.start("cti.router", self.router.run))
         self._tasks.append(sup.start("cti.gauges", self._gauges))
         self._tasks.append(sup.start("cti.redis_watch", self._watch_redis))
         if cfg.ami.resync_interval > 0:
@@ -152,6 +175,37 @@ class CtiServer:
             await self._start_agi()
         log.info("server.started", http=f"http://{cfg.http.host}:{self.http_port}/",
                  ami=f"{cfg.ami.host}:{cfg.ami.port}", agents=len(cfg.agents))
+
+    def _route_calls(self, redis: aioredis.Redis) -> Callable[[Message], None]:
+        """CTI routing mode: the controller sees every event right after the call model, so a CtiHold
+        finds the CTI_* variables the IVR set already on the call."""
+        cfg = self.config
+        try:
+            routing = load_routing_config(cfg.routing.file)
+        except RoutingConfigError as exc:
+            raise StartupError(f"routing.mode is cti but the routing config cannot be used: {exc}") from exc
+        unknown = sorted(a.id for a in cfg.agents if a.id not in routing.agents)
+        if unknown:
+            log.warning("route.agents_without_profile", agents=unknown, file=str(cfg.routing.file),
+                        effect="they get no routed calls until routing.yaml lists their skills")
+        model = self.model
+
+        def call_vars(linkedid: str) -> dict[str, str] | None:
+            call = model.calls.get(linkedid)
+            return call.vars if call is not None else None
+
+        store = RouterStore(redis, routing, key_prefix=cfg.redis.key_prefix)
+        router = self.router = RoutingController(store, _Later(lambda: self.ami), cfg.agents, cfg.routing,
+                                                 call_vars=call_vars, customer_of=self.pipeline.customer_of)
+        pipeline_event, router_event = self.pipeline.on_event, router.on_event
+
+        def on_event(msg: Message) -> None:
+            pipeline_event(msg)
+            router_event(msg)
+
+        log.info("route.mode", mode="cti", routing=str(cfg.routing.file), entry_points=sorted(routing.entry_points),
+                 agents=len(routing.agents))
+        return on_event
 
     async def _start_agi(self) -> None:
         cfg = self.config.agi
@@ -178,6 +232,7 @@ class CtiServer:
     async def _gauges(self) -> None:
         """Copy the client's plain counters to Prometheus once a second, off the per-event path."""
         counted = 0
+        routed: dict[str, int] = {}
         while True:
             AMI_CONNECTED.set(1 if self.ami.connected else 0)
             LIVE_CALLS.set(len(self.model.calls))
@@ -185,6 +240,12 @@ class CtiServer:
             counted = self.ami.stats.events
             for name, ok in self._components().items():
                 COMPONENT_UP.labels(name).set(1 if ok else 0)
+            if self.router is not None:
+                for outcome, n in dataclasses.asdict(self.router.counters).items():
+                    counted_outcomes = routed.get(outcome, 0)
+                    if n > counted_outcomes:
+                        ROUTING_OUTCOMES.labels(outcome).inc(n - counted_outcomes)
+                    routed[outcome] = n
             await asyncio.sleep(1)
 
     async def _import_directory(self) -> int:
@@ -267,6 +328,8 @@ class CtiServer:
             "agi": None if self.agi is None else {
                 "sessions": self.agi.active_sessions, "connections": self.agi.open_connections,
                 "ended": dict(self.ivr_ended)},
+            "routing": {"mode": "observe"} if self.router is None else {
+                "mode": "cti", "pending_events": self.router.pending, **dataclasses.asdict(self.router.counters)},
             "live_calls": len(self.model.calls),
             "uptime_s": round(time.time() - self.started_at, 1),
         }

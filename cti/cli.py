@@ -9,8 +9,8 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, BinaryIO, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
@@ -136,13 +136,19 @@ def serve(config_path: Path | None, log_format: str | None, log_level: str) -> N
 @click.option("--calls-per-minute", type=float, default=None, help="simulated arrival rate.")
 @click.option("--seed", type=int, default=None, help="simulator seed: the same seed replays the same day.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None)
-def demo(config_path: Path | None, http_port: int | None, calls_per_minute: float | None, seed: int | None,
-         log_format: str | None) -> None:
+@click.option("--mode", type=click.Choice(["cti", "observe"]), default="cti", show_default=True,
+              help="cti: callers go through the IVR flow over FastAGI and the server routes them "
+              "(config/asterisk/extensions_cti.conf); observe: Asterisk's Queue() routes, the server follows.")
+def demo(*, config_path: Path | None, http_port: int | None, calls_per_minute: float | None, seed: int | None,
+         log_format: str | None, mode: str) -> None:
     """Run the simulator, a private Redis and MQTT broker, and the server, all on 127.0.0.1.
 
     Open the printed URL: each agent has a page where screen pops arrive as the
-    simulated callers are queued and offered. Stop with Ctrl-C (or SIGTERM, SIGHUP):
-    the private Redis and broker are stopped and their temporary folder removed.
+    simulated callers are queued and offered. In CTI mode each caller first runs the
+    hotline IVR (config/ivr/hotline.yaml) over FastAGI, then waits on hold until the
+    server picks an agent by skill and VIP tier (config/routing.yaml). Stop with Ctrl-C
+    (or SIGTERM, SIGHUP): the private Redis and broker are stopped and their temporary
+    folder removed.
     """
     from cti.app import StartupError, run_demo
     from cti.devservices import ServiceError
@@ -154,7 +160,15 @@ def demo(config_path: Path | None, http_port: int | None, calls_per_minute: floa
         sim_update["calls_per_minute"] = calls_per_minute
     if seed is not None:
         sim_update["seed"] = seed
-    updates: dict[str, object] = {"sim": config.sim.model_copy(update=sim_update)}
+    updates: dict[str, object] = {}
+    if mode == "cti":
+        from cti.devservices import free_port
+
+        agi_port = config.agi.port if config.agi.enabled else free_port()
+        updates["agi"] = config.agi.model_copy(update={"enabled": True, "port": agi_port})
+        updates["routing"] = config.routing.model_copy(update={"mode": "cti"})
+        sim_update |= {"mode": "cti", "agi_url": f"agi://127.0.0.1:{agi_port}/hotline"}  # config/ivr/hotline.yaml
+    updates["sim"] = config.sim.model_copy(update=sim_update)
     if http_port is not None:
         updates["http"] = config.http.model_copy(update={"port": http_port})
     try:
@@ -469,6 +483,106 @@ def ivr_call(*, flow: str, host: str | None, port: int | None, caller: str, keys
         click.echo(json.dumps(dataclasses.asdict(record), ensure_ascii=False))
         return
     click.echo("\n".join(record.transcript))
+
+
+def _server_url(config_path: Path | None, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    http = _load(config_path).http
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+    return f"http://{host}:{http.port}"
+
+
+def _call_server(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One request to a running server's API; its JSON error becomes the message."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return cast(dict[str, Any], json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("message", exc.reason)
+        except ValueError:
+            message = exc.reason
+        if exc.code == 404 and "/state" in url and message == "Not Found":
+            message = "this server does not route (routing.mode is observe)"
+        raise click.ClickException(f"{message} (HTTP {exc.code})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"no CTI server at {url}: {_one_line(exc)}") from None
+
+
+_url_option = click.option("--url", default=None, metavar="URL",
+                           help="the server's web address (default: http.host and http.port of the config)")
+
+
+@main.group()
+def agent() -> None:
+    """Set an agent's routing state on a running server (CTI routing mode)."""
+
+
+def _set_state(agent_id: str, state: str, reason: str | None, config_path: Path | None, url: str | None) -> None:
+    base = _server_url(config_path, url)
+    reply = _call_server("POST", f"{base}/api/agents/{quote(agent_id, safe='')}/state",
+                         {"state": state, "reason": reason})
+    click.echo(f"{reply['agent']}: {reply['state']}" + (f" ({reply['reason']})" if reply.get("reason") else ""))
+
+
+@agent.command("ready")
+@click.argument("agent_id", metavar="ID")
+@config_option
+@_url_option
+def agent_ready(agent_id: str, config_path: Path | None, url: str | None) -> None:
+    """Make agent ID ready for calls (from not ready, logged out, or wrap-up cut short)."""
+    _set_state(agent_id, "ready", None, config_path, url)
+
+
+@agent.command("not-ready")
+@click.argument("agent_id", metavar="ID")
+@click.option("--reason", required=True, help="one of the routing config's not_ready_reasons")
+@config_option
+@_url_option
+def agent_not_ready(agent_id: str, reason: str, config_path: Path | None, url: str | None) -> None:
+    """Take agent ID out of routing for a reason (break, training ...)."""
+    _set_state(agent_id, "not_ready", reason, config_path, url)
+
+
+@agent.command("logout")
+@click.argument("agent_id", metavar="ID")
+@config_option
+@_url_option
+def agent_logout(agent_id: str, config_path: Path | None, url: str | None) -> None:
+    """Log agent ID out of routing."""
+    _set_state(agent_id, "logged_out", None, config_path, url)
+
+
+@main.command()
+@click.argument("call_id", metavar="CALL_ID")
+@click.option("--json", "as_json", is_flag=True, help="the server's answer as JSON")
+@config_option
+@_url_option
+def explain(call_id: str, as_json: bool, config_path: Path | None, url: str | None) -> None:
+    """Why a call went to its agent, or why it still waits: the escalation step, the score, and every
+    agent passed over with the reason (not ready, wrap-up, level too low, reserved elsewhere ...).
+    CALL_ID is the held channel's Uniqueid (in the logs as call)."""
+    reply = _call_server("GET", f"{_server_url(config_path, url)}/api/routing/calls/{quote(call_id, safe='')}")
+    if as_json:
+        click.echo(json.dumps(reply, ensure_ascii=False))
+        return
+    for d in reply["decisions"]:
+        t = d["trace"]
+        click.echo(f"offered to {d['agent']} ({'a free agent took it' if d['side'] == 'agent' else 'as it queued'}):"
+                   f" step {t['step']}, waited {t['wait_ms'] / 1000:.1f}s, score {t['score']}")
+        for p in t["agents_passed"]:
+            click.echo(f"  passed over {p['id']}: {p['reason']}")
+    if reply.get("waiting"):
+        t = reply["waiting"]
+        click.echo(f"waiting: step {t['step']}, {t['wait_ms'] / 1000:.1f}s so far")
+        for p in t["agents_passed"]:
+            click.echo(f"  not {p['id']}: {p['reason']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -250,7 +250,6 @@ class RoutingModeConfig(_Model):
     file: Path = Field(Path("routing.yaml"), description="the routing config, relative to this file")
     hold_context: str = Field("cti-hold", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     connect_context: str = Field("cti-connect", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    wrapup_s: float = Field(10.0, ge=0, description="after a call, seconds before the agent is ready again")
     reservation_timeout_s: float = Field(
         10.0, gt=0, description="a reserved call whose agent's phone has not rung in this time is queued again")
     sweep_s: float = Field(1.0, gt=0, description="how often waiting calls are re-matched (escalation steps, "

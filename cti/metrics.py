@@ -16,3 +16,7 @@ LIVE_CALLS = Gauge("cti_live_calls", "Calls the model holds now")
 AMI_CONNECTED = Gauge("cti_ami_connected", "1 while logged in to the AMI")
 COMPONENT_UP = Gauge("cti_component_up", "1 while a part /healthz checks is up (ami, redis, mqtt, each task)",
                      ["component"])
+ROUTING_OUTCOMES = Counter(
+    "cti_routing_outcomes_total", "CTI routing mode: what this server's routing steps came to (offered, answered, "
+    "abandoned_hold, abandoned_ringing, rona, gone, fallback, offer_failed, offer_expired, redis_errors)",
+    ["outcome"])

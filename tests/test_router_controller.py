@@ -57,7 +57,7 @@ ROUTING: dict[str, Any] = {
         "dora": {"skills": {"billing": 3}, "languages": ["en", "zh"]},
     },
 }
-MODE = RoutingModeConfig(mode="cti", wrapup_s=10, reservation_timeout_s=10, sweep_s=1)
+MODE = RoutingModeConfig(mode="cti", reservation_timeout_s=10, sweep_s=1)
 
 
 def _messages(name: str) -> list[Message]:

@@ -146,7 +146,7 @@ async def test_rona_requeue_keeps_the_place_and_the_step(store: RouterStore, dem
     assert [c.id for c in await store.waiting()] == ["1700.1", "1700.2"]
     assert (await store.waiting())[0] == first, "enqueued_at_ms (and all else) kept"
     alice_now = (await store.agents())[0]
-    assert (alice_now.status, alice_now.not_ready_reason) == ("not_ready", "no_answer")
+    assert (alice_now.status, alice_now.not_ready_reason) == ("not_ready", "rona")
     assert await store.set_agent_status("chen", "ready", now_ms=70_000)
     again = await store.match_for_agent("chen", 70_000)
     want = best_call_for_agent(replace(chen, status="ready", idle_since_ms=70_000), [first, _call("1700.2", at=6_000)],

@@ -140,7 +140,9 @@ class RoutingController:
                  *, call_vars: Callable[[str], Mapping[str, str] | None],
                  customer_of: Callable[[str], Mapping[str, Any] | None],
                  now_ms: Callable[[], int] = _wall_ms, traces_per_call: int = 8, traced_calls: int = 1024,
-                 max_calls: int = 100_000) -> None:
+                 max_calls: int = 100_000, clock_rate: float = 1.0) -> None:
+        """``clock_rate``: how much faster ``now_ms`` runs than the event loop's clock (``cti simulate``
+        accelerates simulated time); the timers' waits in :meth:`run` are divided by it."""
         self._store = store
         self._actions = actions
         self._agents = AgentRegistry(agents)
@@ -161,11 +163,17 @@ class RoutingController:
         self._wrap_due: list[int] = []  # heap of wrap-up ends this server started
         self._next_sweep_ms: int | None = None
         self._sweep_ms = max(1, int(mode.sweep_s * 1000))
+        self._clock_rate = clock_rate
         self._handlers: dict[str, Callable[[Message], Awaitable[None]]] = {
             "UserEvent": self._on_user_event, "DialBegin": self._on_dial_begin, "DialEnd": self._on_dial_end,
             "Hangup": self._on_hangup, "BridgeEnter": self._on_bridge_enter, "BlindTransfer": self._on_blind_transfer,
             "QueueCallerJoin": self._on_queue_join,
         }
+
+    @property
+    def store(self) -> RouterStore:
+        """The shared routing state (for tools and tests: statuses, waiting calls, reservations)."""
+        return self._store
 
     @property
     def config(self) -> RoutingConfig:
@@ -187,13 +195,19 @@ class RoutingController:
     async def run(self) -> None:
         """Start (:meth:`start`), then handle events in order and the timers between them, for ever."""
         await self.start()
+        # redis-py can swallow a cancellation that lands inside a command: check after each await, or
+        # a stop that came during start-up or a Redis step would leave this loop running for ever.
+        raise_if_cancelling()
         while True:
             while self._events:
                 await self.handle(self._events.popleft())
+                raise_if_cancelling()
                 if self._timers_due():
                     await self.tick()
+                    raise_if_cancelling()
             if self._timers_due():
                 await self.tick()
+                raise_if_cancelling()
             self._wake.clear()
             if self._events:
                 continue
@@ -223,6 +237,7 @@ class RoutingController:
                  connect_context=self._mode.connect_context)
         self._next_sweep_ms = now + self._sweep_ms
         for agent in self._agents:
+            raise_if_cancelling()
             await self._match_agent(agent.id)
 
     async def handle(self, msg: Message) -> None:
@@ -273,7 +288,8 @@ class RoutingController:
 
     def _seconds_to_timer(self) -> float:
         at = self._next_timer_ms()
-        return self._sweep_ms / 1000 if at is None else max(0.0, (at - self._now()) / 1000)
+        clock_s = self._sweep_ms / 1000 if at is None else max(0.0, (at - self._now()) / 1000)
+        return clock_s / self._clock_rate
 
     async def _tick(self) -> None:
         now = self._now()
@@ -582,7 +598,10 @@ class RoutingController:
         if settled.state is None:
             return  # another server settled it
         if not settled.named:  # answered by someone the store had not reserved: they are on it all the same
-            moved = await self._step(agent_id, "on_call", expect={"ready"}, now_ms=now, call=call.id)
+            # (a dial that outlived its expired offer): ready -> on_call is no step of the state machine's
+            # (agent_state.check would raise and stop run()), so the store is asked directly.
+            moved = (await self._store.transition(agent_id, "on_call", expect={"ready"}, now_ms=now,
+                                                  call=call.id)).changed
             log.warning("route.unexpected_answer", call=call.id, agent=agent_id, reserved=settled.agent, moved=moved)
             if settled.agent is not None:
                 await self._match_agent(settled.agent)
@@ -644,10 +663,10 @@ class RoutingController:
             log.info("route.wrap_up", agent=agent_id, call=call.id, until_ms=until, reason=why)
 
     def _wrapup_ms(self, entry_point: str) -> int:
-        """The entry point's own ``wrapup_s`` (routing config) if it sets one, else ``routing.wrapup_s``."""
-        ep = self.config.entry_points.get(entry_point)
-        seconds = ep.wrapup_s if ep is not None and ep.wrapup_s is not None else self._mode.wrapup_s
-        return int(seconds * 1000)
+        """The entry point's own ``wrapup_s`` if it sets one, else the routing config's ``wrapup_s``."""
+        if entry_point in self.config.entry_points:
+            return self.config.wrapup_s_for(entry_point) * 1000
+        return self.config.wrapup_s * 1000
 
     async def _step(self, agent_id: str, status: AgentStatus, *, expect: Collection[AgentStatus], now_ms: int,
                     expect_call: str | None = None, call: str | None = None, wrap_until_ms: int | None = None) -> bool:

@@ -1,0 +1,174 @@
+"""The whole server in CTI routing mode against the simulator playing extensions_cti.conf: a caller
+runs a flow over the server's own FastAGI endpoint, waits on hold, and the server picks, rings and
+connects an agent; no answer puts the agent not ready (RONA) and the next agent gets the call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cti.app import CtiServer
+from cti.config import AgentConfig, AgiConfig, Config, RoutingModeConfig
+from cti.devservices import free_port
+from cti.sim.server import AmiServer
+from tests.e2e import Inbox, eventually, make_config, ws_listener
+
+pytestmark = pytest.mark.network
+
+FLOW = """
+description: one choice
+languages: [en]
+default_language: en
+start: menu
+prompts:
+  choose: {file: demo/choose, text: {en: Press 1 for billing.}}
+nodes:
+  menu:
+    type: menu
+    prompt: choose
+    options:
+      1: {next: billing}
+    timeout_ms: 3000
+    max_retries: 1
+    default: billing
+  billing: {type: route, entry_point: billing}
+"""
+
+ROUTING = """
+skills: {billing: bills}
+languages: [en]
+groups: {front_line: everyone}
+not_ready_reasons: [break, rona]
+tiers:
+  normal: {priority: 100, service_level: {percent: 80, within_s: 20}}
+policy: strict
+selection: best_proficiency
+reservation: {offer_timeout_s: 2, rona_not_ready_reason: rona}
+wrapup_s: 1
+entry_points:
+  billing: {tier: normal, requires: {skills: {billing: 1}}}
+agents:
+  alice: {skills: {billing: 3}, languages: [en], groups: [front_line]}
+  bob:   {skills: {billing: 2}, languages: [en], groups: [front_line]}
+  dora:  {skills: {billing: 5}, languages: [en], groups: [front_line]}
+"""
+
+#: Dora is the best for billing, but her phone (PJSIP/1009) is not on the simulated PBX: Asterisk
+#: answers the dial with CHANUNAVAIL, which routing treats as no answer.
+DORA = AgentConfig(id="dora", name="Dora", interface="PJSIP/1009")
+
+
+def cti_config(redis_url: str, mqtt_port: int, tmp_path: Path, *, with_dora: bool = False) -> Config:
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "onechoice.yaml").write_text(FLOW)
+    (tmp_path / "routing.yaml").write_text(ROUTING)
+    agi_port = free_port()  # the simulated Asterisk's AGI() needs the address before the server starts
+    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port, mode="cti", mean_talk_s=1,
+                         agi_url=f"agi://127.0.0.1:{agi_port}/onechoice", agi_scenarios=["1"])
+    agents = [*config.agents, DORA] if with_dora else config.agents
+    return config.model_copy(update={
+        "agents": agents,
+        "agi": AgiConfig(enabled=True, port=agi_port, flows=tmp_path / "flows"),
+        "routing": RoutingModeConfig(mode="cti", file=tmp_path / "routing.yaml", sweep_s=0.2),
+    })
+
+
+@contextlib.asynccontextmanager
+async def cti_running(config: Config) -> AsyncIterator[tuple[AmiServer, CtiServer]]:
+    """The simulated PBX knows only alice's and bob's phones; the server may know more agents."""
+    phones = [a for a in config.agents if a.id in ("alice", "bob")]
+    async with AmiServer(config=config.sim, agents=phones, port=0, random_arrivals=False) as sim:
+        config = config.model_copy(update={"ami": config.ami.model_copy(update={"port": sim.port})})
+        async with CtiServer(config) as server:
+            await eventually(lambda: server.health()["ok"])
+            assert server.agi is not None
+            yield sim, server
+
+
+def place(sim: AmiServer, **kw: Any) -> str:
+    pbx: Any = sim.sim.pbx
+    return str(pbx.place_call("13800000001", "Caller", now=sim.sim.clock(), keys="1", **kw))
+
+
+def counters(server: CtiServer) -> dict[str, Any]:
+    return dict(server.health()["routing"])
+
+
+async def test_a_caller_goes_through_the_ivr_and_hold_to_the_best_agent(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    config = cti_config(redis_url, mqtt_port, tmp_path)
+    async with cti_running(config) as (sim, server):
+        inbox, opened = Inbox(), asyncio.Event()
+        url = f"http://127.0.0.1:{server.http_port}/ws/agents/alice"
+        async with asyncio.TaskGroup() as group:
+            listener = group.create_task(ws_listener(url, inbox, opened))
+            await opened.wait()
+            place(sim, talk=1.0, patience=600)
+            offered = await inbox.wait_for(lambda e: e["type"] == "call.offered", timeout=20)
+            assert offered["payload"]["caller"] == "13800000001"
+            await inbox.wait_for(lambda e: e["type"] == "call.answered", timeout=20)
+            await eventually(lambda: counters(server)["answered"] == 1, timeout=20)
+            await inbox.wait_for(lambda e: e["type"] == "call.ended", timeout=20)
+            listener.cancel()
+        await eventually(lambda: any(r.get("cti") for r in sim.sim.pbx.records), timeout=20)
+        record = next(r for r in sim.sim.pbx.records if r.get("cti"))
+        assert record["cti"]["answered_by"] == "alice" and record["cti"]["entry"] == "billing"
+        # After the call and its wrap-up the agent is ready for the next one.
+        await eventually_status(server, "alice", ("ready", None))
+
+
+async def status(server: CtiServer, agent: str) -> tuple[str, str | None]:
+    assert server.router is not None
+    state = await server.router.store.agent(agent)
+    assert state is not None
+    return state.status, state.not_ready_reason
+
+
+async def eventually_status(server: CtiServer, agent: str, want: tuple[str, str | None]) -> None:
+    async with asyncio.timeout(20):
+        while await status(server, agent) != want:  # noqa: ASYNC110 - bounded poll of Redis, test only
+            await asyncio.sleep(0.05)
+
+
+async def test_no_answer_puts_the_agent_not_ready_and_the_call_goes_to_the_next(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    config = cti_config(redis_url, mqtt_port, tmp_path, with_dora=True)
+    async with cti_running(config) as (sim, server):
+        place(sim, talk=1.0, patience=600)
+        await eventually(lambda: counters(server)["rona"] == 1, timeout=20)
+        await eventually_status(server, "dora", ("not_ready", "rona"))
+        await eventually(lambda: counters(server)["answered"] == 1, timeout=20)
+        await eventually(lambda: any(r.get("cti") for r in sim.sim.pbx.records), timeout=20)  # the call ended
+        record = next(r for r in sim.sim.pbx.records if r.get("cti"))
+        assert next(ring["outcome"] for ring in record["cti"]["rings"]) == "chanunavail"
+        assert record["cti"]["answered_by"] == "alice"
+
+        base = f"http://127.0.0.1:{server.http_port}/api/agents"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/dora/state", json={"state": "ready"}) as r:
+                assert r.status == 200 and (await r.json())["state"] == "ready"
+            async with http.post(f"{base}/nobody/state", json={"state": "ready"}) as r:
+                assert r.status == 404 and (await r.json())["error_id"] == "no-such-agent"
+            async with http.post(f"{base}/dora/state", json={"state": "not_ready", "reason": "nap"}) as r:
+                assert r.status == 400 and (await r.json())["error_id"] == "bad-reason"
+            async with http.post(f"{base}/dora/state", json={"state": "not_ready"}) as r:
+                assert r.status == 400 and (await r.json())["error_id"] == "reason-required"
+            async with http.post(f"{base}/dora/state", json={"state": "on_call"}) as r:
+                assert r.status == 400 and (await r.json())["error_id"] == "bad-state"
+        assert await status(server, "dora") == ("ready", None)
+        # Why: dora first (the best level), then alice once dora was not ready. With trunk
+        # callers the held channel is the first one, so the router's call id is the call's linkedid.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{server.http_port}/api/routing/calls/{record['linkedid']}") as r:
+                assert r.status == 200
+                explained = await r.json()
+            async with http.get(f"http://127.0.0.1:{server.http_port}/api/routing/calls/nope") as r:
+                assert r.status == 404
+    assert [d["agent"] for d in explained["decisions"]] == ["dora", "alice"]
+    assert explained["waiting"] is None  # answered: no longer waiting
