@@ -14,6 +14,7 @@ state) see every domain event, synchronously and in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,11 @@ class _Customer:
     last: dict[str, Any] = field(default_factory=dict)  # the call's latest snapshot
 
 
+#: One labelled child per event type, looked up once: ``labels()`` takes a lock and builds a key
+#: per call, and this runs for every domain event.
+_domain_events = functools.cache(DOMAIN_EVENTS.labels)
+
+
 class EventPipeline:
     """Owns the call model; :meth:`run` must be running for customer records to arrive."""
 
@@ -148,7 +154,7 @@ class EventPipeline:
                 group.create_task(self._look_up(linkedid, slot), name=f"cti.lookup.{linkedid}")
 
     def _dispatch(self, event: DomainEvent) -> None:
-        DOMAIN_EVENTS.labels(event.type).inc()
+        _domain_events(event.type).inc()
         for subscriber in self._subscribers:
             try:
                 subscriber.on_domain_event(event)
