@@ -23,7 +23,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from cti.agents import AgentRegistry
-from cti.agi import AgiServer, AgiSettings, IvrResult, customer_directory
+from cti.agi import AgiServer, AgiSettings, FlowRegistry, IvrResult, customer_directory
 from cti.ami.client import AmiClient
 from cti.ami.codec import Message
 from cti.config import Config
@@ -44,7 +44,7 @@ from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
 from cti.web.routes import WebState
 from cti.web.routing_api import routing_routes
-from ivr_flows import Flow, FlowError, load_flows
+from ivr_flows import Flow, FlowError
 from routing.config import RoutingConfigError, load_routing_config
 
 __all__ = ["CtiServer", "StartupError", "run_demo", "run_server"]
@@ -90,7 +90,7 @@ class CtiServer:
         self.customer_cache: CachedDirectory
         self.customers = 0  # in the directory, as last counted
         self.agi: AgiServer | None = None
-        self.flows: dict[str, Flow] = {}
+        self.flows: Mapping[str, Flow] = {}
         self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
         self.router: RoutingController | None = None  # CTI routing mode only
 
@@ -209,11 +209,13 @@ class CtiServer:
 
     async def _start_agi(self) -> None:
         cfg = self.config.agi
+        registry = FlowRegistry(cfg.flows)  # new calls take an edited flow file; calls in a flow keep theirs
         try:
-            self.flows = load_flows(cfg.flows)
+            registry.load()
         except FlowError as exc:
             raise StartupError(f"IVR flows not loaded: {exc}") from exc
-        server = AgiServer(flows=lambda: self.flows, directory=customer_directory(self.directory),
+        self.flows = registry
+        server = AgiServer(flows=registry.current, directory=customer_directory(self.directory),
                            on_end=self._ivr_ended,
                            settings=AgiSettings(**cfg.model_dump(exclude={"enabled", "flows"})))
         try:
@@ -327,12 +329,18 @@ class CtiServer:
             "tasks": self.supervisor.snapshot(),
             "agi": None if self.agi is None else {
                 "sessions": self.agi.active_sessions, "connections": self.agi.open_connections,
-                "ended": dict(self.ivr_ended)},
+                "ended": dict(self.ivr_ended), "flows": sorted(self.flows), **self._flow_counts()},
             "routing": {"mode": "observe"} if self.router is None else {
                 "mode": "cti", "pending_events": self.router.pending, **dataclasses.asdict(self.router.counters)},
             "live_calls": len(self.model.calls),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
+
+    def _flow_counts(self) -> dict[str, int]:
+        flows = self.flows
+        if not isinstance(flows, FlowRegistry):
+            return {}
+        return {"flow_reloads": flows.reloads, "flow_rejections": flows.rejected}
 
     async def serve_forever(self) -> None:
         await asyncio.Event().wait()

@@ -410,28 +410,36 @@ def _flow(config: Config, name: str) -> Any:
 @click.option("--keys", default="", help='what the caller does, in order: "2,timeout,1", "hangup"')
 @click.option("--at", "at", default=None, metavar="ISO-TIME", help="when the call comes, with offset (default now)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object: path, vars, end, entry_point ...")
+@click.option("--directory", "directory_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="customers to look the caller up in (.csv, .tsv or .yaml, as directory import "
+                                 "reads); default: the config's directory.source, else the config's Redis")
 @config_option
-def ivr_try(*, flow: str, caller: str, keys: str, at: str | None, as_json: bool, config_path: Path | None) -> None:
-    """Run FLOW (an id in agi.flows or a .yaml path) for --caller pressing --keys; no PBX, no Redis.
+def ivr_try(*, flow: str, caller: str, keys: str, at: str | None, as_json: bool, directory_file: Path | None,
+            config_path: Path | None) -> None:
+    """Run FLOW (an id in agi.flows or a .yaml path) for --caller pressing --keys; no PBX.
 
-    The caller is looked up in the config's directory source file, as the server would in Redis.
+    The caller (or an account number entered in the flow) is looked up in --directory FILE, else in the
+    config's directory source file, else in the customer directory in the config's Redis, as the server does.
     """
     from datetime import UTC, datetime
 
     from cti.directory.importer import DirectoryImportError, load_customers
     from cti.directory.numbers import normalise_number
+    from cti.directory.oneshot import DirectoryUnavailable, redis_lookup
     from ivr_flows import try_flow
 
     config = _load(config_path)
     chosen = _flow(config, flow)
     records: dict[str, dict[str, object]] = {}
-    if config.directory.source is not None:
+    source = directory_file or config.directory.source
+    if source is not None:
         try:
-            for customer in load_customers(config.directory.source):
+            for customer in load_customers(source):
                 records.update({n: customer.model_dump() for n in customer.numbers})
                 records.setdefault(customer.id, customer.model_dump())
         except DirectoryImportError as exc:
             raise click.ClickException(str(exc)) from None
+    in_redis = redis_lookup(config.redis.url, key_prefix=config.redis.key_prefix) if source is None else None
     try:
         now = datetime.fromisoformat(at) if at else datetime.now(UTC)
     except ValueError:
@@ -439,7 +447,11 @@ def ivr_try(*, flow: str, caller: str, keys: str, at: str | None, as_json: bool,
     if now.tzinfo is None:
         raise click.BadParameter("give a UTC offset, e.g. 2026-11-23T21:30+08:00", param_hint="--at")
     try:
-        out = try_flow(chosen, caller, keys, lambda v: records.get(normalise_number(v) or v) or records.get(v), now)
+        out = try_flow(chosen, caller, keys, in_redis or (lambda v: records.get(normalise_number(v) or v)
+                                                          or records.get(v)), now)
+    except DirectoryUnavailable as exc:
+        raise click.ClickException(f"{exc} ({_redacted(config.redis.url)}; give --directory FILE to try "
+                                   f"without Redis)") from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--keys") from None
     if as_json:
@@ -483,6 +495,71 @@ def ivr_call(*, flow: str, host: str | None, port: int | None, caller: str, keys
         click.echo(json.dumps(dataclasses.asdict(record), ensure_ascii=False))
         return
     click.echo("\n".join(record.transcript))
+
+
+@main.group()
+def prompts() -> None:
+    """The IVR flows' prompt audio: speak the prompt text into sound files until a studio records them."""
+
+
+def _voices(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        language, sep, voice = value.partition("=")
+        if not sep or not language.strip() or not voice.strip():
+            raise click.BadParameter(f"{value!r}: give LANG=VOICE, e.g. zh=cmn or en=en-gb")
+        out[language.strip()] = voice.strip()
+    return out
+
+
+@prompts.command("build")
+@click.option("--flows", "flows_path", type=click.Path(path_type=Path, exists=True), default=None,
+              help="a directory of flows (*.yaml) or one flow file (default: agi.flows of the config)")
+@click.option("--sounds", type=click.Path(path_type=Path, file_okay=False), default=Path("/var/lib/asterisk/sounds"),
+              show_default=True, help="Asterisk's sounds directory (astdatadir/sounds in asterisk.conf)")
+@click.option("--voice", "voices", multiple=True, metavar="LANG=VOICE", callback=_voices,
+              help="espeak-ng voice for a flow language, repeatable (default zh=cmn, en=en-us, yue=yue)")
+@click.option("--prune", is_flag=True, help="also remove files made before that no flow plays any more")
+@click.option("--dry-run", is_flag=True, help="print what would be made or removed; change nothing")
+@config_option
+def prompts_build(*, flows_path: Path | None, sounds: Path, voices: dict[str, str], prune: bool, dry_run: bool,
+                  config_path: Path | None) -> None:
+    """Speak every prompt that has no recording into <sounds>/<file>.wav (8 kHz mono 16-bit, as Asterisk
+    plays without transcoding), with espeak-ng and sox (Debian: apt-get install espeak-ng sox).
+
+    A prompt's file is its sound name in the flow with {lang} filled in (hotline/zh/main_menu.wav); a
+    name shared by every language is one recording in all of them, in the flow's language order.
+
+    Recorded files always win: a prompt recorded in any format, under its name or under <sounds>/<lang>/,
+    is never made, and a file made earlier is removed when a recording arrives. Made files are listed in
+    <sounds>/.cti_prompts.json with what they were made from, so a rebuild remakes those whose words or
+    voice changed and leaves every other file alone. Exit 1 if a file could not be made.
+    """
+    from cti.prompts import SynthesisError, build_prompts, describe, espeak_sox, plan_for
+    from ivr_flows import FlowError, load_flow, load_flows
+
+    source = flows_path if flows_path is not None else _load(config_path).agi.flows
+    try:
+        flows = [load_flow(source)] if source.is_file() else list(load_flows(source).values())
+    except FlowError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not flows:
+        raise click.ClickException(f"no flows (*.yaml) in {source}")
+    if not sounds.is_dir() and not dry_run:
+        raise click.ClickException(f"no sounds directory {sounds}: give --sounds DIR (Asterisk's astdatadir/sounds, "
+                                   f"see asterisk.conf), or create it")
+    if dry_run:
+        lines, failed = describe(plan_for(flows, sounds, voices=voices, prune=prune), None)
+    else:
+        try:
+            report = build_prompts(flows, sounds, synthesize=espeak_sox(), voices=voices, prune=prune)
+        except SynthesisError as exc:
+            raise click.ClickException(str(exc)) from None
+        lines, failed = describe(report.plan, report)
+    for line in lines:
+        click.echo(line, err=line.startswith(("note:", "failed:")))
+    if failed:
+        raise click.ClickException(f"{failed} prompt file(s) could not be made")
 
 
 def _server_url(config_path: Path | None, url: str | None) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from cti.ami.codec import Decoder
 from cti.config import AgentConfig
 from cti.model.events import CALL_FINISHED
+from cti.model.ivr import ivr_part
 from cti.model.reducer import CallModel
 from cti.model.state import Call
 
@@ -32,6 +33,7 @@ def call_row(call: Call) -> dict[str, Any]:
         "ended": call.ended,
         "segments": [seg.snapshot() for seg in call.segments],
         **({"merged_into": call.merged_into} if call.merged_into else {}),
+        **({"ivr": ivr} if (ivr := ivr_part(call.vars)) is not None else {}),
     }
 
 

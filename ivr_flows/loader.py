@@ -43,6 +43,8 @@ def load_flow(path: Path | str) -> Flow:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise FlowError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise FlowError(f"{source}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise FlowError(f"{source}: not valid YAML: {exc}") from exc
     return parse_flow(data, source=source, default_id=path.stem)

@@ -566,7 +566,7 @@ class CallModel:
                 self._agent_done(call, part, ts, out, reason)
         log.info(
             "call.ended", linkedid=call.linkedid, caller=call.caller_num, queue=call.queue,
-            agent=call.agent, outcome=call.outcome, wait_s=call.wait_s, talk_s=call.talk_s, reason=reason,
+            agent=call.agent, outcome=call.final_outcome, wait_s=call.wait_s, talk_s=call.talk_s, reason=reason,
             segments=len(call.segments),
         )
         self._emit_call(out, ev.CALL_FINISHED, call, ts, reason=reason)

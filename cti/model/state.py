@@ -15,7 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from cti.model.ivr import abandoned_in_ivr, ivr_part
+
 Outcome = Literal["answered", "abandoned", "unanswered"]
+#: What ``call.finished`` says over the whole call: the segments' outcome, or ``abandoned_ivr`` for a
+#: caller who hung up in the IVR before reaching a queue or an agent (apart from queue abandons).
+FinalOutcome = Literal["answered", "abandoned", "unanswered", "abandoned_ivr"]
 SegmentOutcome = Literal["answered", "abandoned", "unanswered", "transferred"]
 
 
@@ -200,6 +205,22 @@ class Call:
         return "unanswered"
 
     @property
+    def abandoned_in_ivr(self) -> bool:
+        """Ended without a segment (no queue, no agent rang) while an IVR flow ran: see
+        :func:`cti.model.ivr.abandoned_in_ivr`. A cheap test first: most calls have no ``CTI_*`` variable."""
+        return self.ended and not self.segments and bool(self.vars) and abandoned_in_ivr(self.vars)
+
+    @property
+    def final_outcome(self) -> FinalOutcome | None:
+        """:attr:`outcome`, with ``abandoned_ivr`` for a call that never left the IVR alive.
+
+        ``outcome`` itself stays the segments' (``cti replay`` and the simulator's records compare it)."""
+        outcome = self.outcome
+        if outcome is None and self.abandoned_in_ivr:
+            return "abandoned_ivr"
+        return outcome
+
+    @property
     def wait_s(self) -> float | None:
         """First join to the first answer (or to leaving the last segment)."""
         if not self.segments:
@@ -220,7 +241,7 @@ class Call:
 
     def snapshot(self) -> dict[str, Any]:
         talking = self.talking
-        outcome = self.outcome
+        outcome = self.final_outcome if self.ended else self.outcome
         return {
             "linkedid": self.linkedid,
             "caller": self.caller_num,
@@ -243,6 +264,7 @@ class Call:
             "ended": self.ended,
             "gap": self.seen_gap,
             "segments": [s.snapshot() for s in self.segments],
+            "ivr": ivr_part(self.vars) if self.vars else None,
         }
 
 

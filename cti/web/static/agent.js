@@ -27,6 +27,12 @@ function showPop(env) {
   const queue = p.offered_queue ?? p.answered_queue ?? p.current_queue ?? (p.transferred_from ? null : p.queue);
   setText(card, ".queue", queue ? queue + (p.position ? " · position " + p.position : "") : null);
   setText(card, ".from", p.transferred_from ? "transferred by " + p.transferred_from : null);
+  // What the caller chose in the IVR: language, entry point, the nodes they went through, the keys pressed.
+  const ivr = p.ivr;
+  const route = ivr ? (ivr.truncated ? "… › " : "") + (ivr.path || []).join(" › ") : "";
+  setText(card, ".ivr", ivr ? [ivr.language, ivr.entry_point, route].filter(Boolean).join(" · ") : null);
+  const keys = ivr && ivr.inputs ? ivr.inputs.map(i => i.node + ": " + i.value).join(", ") : "";
+  setText(card, ".keys", keys || null);
   const wait = p.wait_so_far_s ?? p.wait_s;
   setText(card, ".wait", wait == null ? null : Math.round(wait) + " s");
   setText(card, ".notes", c.notes);
