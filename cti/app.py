@@ -197,6 +197,9 @@ class CtiServer:
         store = RouterStore(redis, routing, key_prefix=cfg.redis.key_prefix)
         router = self.router = RoutingController(store, _Later(lambda: self.ami), cfg.agents, cfg.routing,
                                                  call_vars=call_vars, customer_of=self.pipeline.customer_of)
+        # After each login's resync: the router checks its store against the channels that are up
+        # (calls that ended while the link was down, callers on hold it lost) and asks for device states.
+        self.pipeline.after_resync.append(router.on_connect)
         pipeline_event, router_event = self.pipeline.on_event, router.on_event
 
         def on_event(msg: Message) -> None:

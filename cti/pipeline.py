@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from cti.model.events import DomainEvent
 from cti.model.reducer import CallModel
 from cti.supervise import raise_if_cancelling
 
-__all__ = ["CustomerLookup", "EventPipeline", "Notifier", "Subscriber"]
+__all__ = ["CustomerLookup", "EventPipeline", "ListActions", "Notifier", "ResyncHook", "Subscriber"]
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +76,11 @@ class ListActions(Protocol):
     ) -> tuple[Message, list[Message]]: ...
 
 
+#: Runs after each resync, in order with the events, given the client and the ``CoreShowChannels`` items
+#: the model was resynchronised from (CTI routing checks its own store against them).
+ResyncHook = Callable[[ListActions, Sequence[Message]], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class _Customer:
     """One call's directory record: pushes for the call wait in ``held`` until it is known.
@@ -116,6 +121,8 @@ class EventPipeline:
         self.synced = False
         self.resyncs = 0
         self._synced_login: int | None = None
+        #: :data:`ResyncHook` s, run in order after each resync (a hook that raises fails the resync).
+        self.after_resync: list[ResyncHook] = []
 
     def customer_of(self, linkedid: str) -> dict[str, Any] | None:
         """The directory record found for a live call's caller (looked up when it queued)."""
@@ -144,6 +151,8 @@ class EventPipeline:
         for event in events:
             self._dispatch(event)
         self.synced = True
+        for hook in self.after_resync:
+            await hook(client, channels)
 
     async def run(self) -> None:
         """Look customers up, several at a time, off the ordered AMI path."""

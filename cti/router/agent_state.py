@@ -2,8 +2,9 @@
 
 The statuses are :data:`routing.model.AgentStatus`. Routing moves an agent along the call
 (``ready`` → ``reserved`` → ``on_call`` → ``wrap_up`` → ``ready``, or back from ``reserved`` when
-the offer is withdrawn or not answered); a person (CLI, API, the agent's console) may only take the
-:data:`MANUAL` steps, so "ready" cannot cut a ringing offer short nor "log out" end a call.
+the offer is withdrawn or not answered; ``ready`` → ``on_call`` for a call routing did not make);
+a person (CLI, API, the agent's console) may only take the :data:`MANUAL` steps, so "ready" cannot
+cut a ringing offer short nor "log out" end a call.
 
 Pure: the status itself lives in Redis, and the store applies a step only from the statuses this
 module allows (:func:`sources`), in one atomic script, so a check here never races the change.
@@ -24,7 +25,10 @@ STATUSES: Final[tuple[AgentStatus, ...]] = get_args(AgentStatus)
 #: (ready again; not ready for another reason; logged out again).
 TRANSITIONS: Final[Mapping[AgentStatus, frozenset[AgentStatus]]] = {
     "logged_out": frozenset({"logged_out", "ready", "not_ready"}),
-    "ready": frozenset({"ready", "not_ready", "reserved", "logged_out"}),
+    # on_call straight from ready: a call routing did not make (Asterisk's fallback Queue(), a direct,
+    # transferred or outbound call: the phone is busy, cti/router/reconcile.py), or a dial that outlived
+    # its expired offer and was answered
+    "ready": frozenset({"ready", "not_ready", "reserved", "on_call", "logged_out"}),
     "not_ready": frozenset({"not_ready", "ready", "logged_out"}),
     # answered; withdrawn (caller gone, AMI failed, stale); no answer (RONA)
     "reserved": frozenset({"on_call", "ready", "not_ready"}),

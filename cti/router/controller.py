@@ -20,6 +20,14 @@ Timing: :meth:`RoutingController.on_event` only appends (the AMI read path never
 timers: wrap-ups that end (their deadlines are in Redis, so any server ends them) and the sweep. The
 clock is injected (epoch ms, the same on every server: they compare each other's enqueue times).
 
+Reconciliation: the controller also follows the agents' phones (``DeviceStateChange``) and, after each AMI
+login and periodic resync (:meth:`RoutingController.on_connect`), ``DeviceStateList`` and the channels the call
+model resynchronised from. What is wrong and how to put it right is decided by ``cti/router/reconcile.py``
+(an agent on_call or reserved whose phone stays idle, a ready agent whose phone is busy with a call outside
+routing, an unregistered phone) and ``cti/router/resync.py`` (calls that ended or moved while nobody looked,
+calls to follow again after a restart, a caller on hold that Redis lost); each correction here is a
+conditional store step like the others, counted and logged (``route.reconciled``).
+
 Nothing here pushes to agents: screen pops come from the call model, which offers a call on the
 ``DialBegin`` to an agent's endpoint (``cti/model/reducer.py``).
 """
@@ -30,7 +38,7 @@ import asyncio
 import heapq
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
@@ -41,9 +49,11 @@ from cti.agents import AgentRegistry, device_of
 from cti.ami.codec import Message, UnsafeValueError
 from cti.ami.errors import AmiActionError, AmiConnectionError, AmiTimeout
 from cti.config import AgentConfig, RoutingModeConfig
-from cti.router import agent_state
+from cti.pipeline import ListActions
+from cti.router import agent_state, resync
 from cti.router.agent_state import AgentStateError, UnknownAgentError
-from cti.router.intake import waiting_call
+from cti.router.intake import Intake, waiting_call
+from cti.router.reconcile import MARKS, Correction, Reconciler, Rules
 from cti.router.store import RouterStore
 from cti.supervise import raise_if_cancelling
 from routing.config import RoutingConfig
@@ -60,6 +70,7 @@ log = structlog.get_logger(__name__)
 #: The AMI events :meth:`RoutingController.on_event` keeps; every other is dropped on arrival.
 HANDLED_EVENTS: Final = frozenset({
     "UserEvent", "DialBegin", "DialEnd", "Hangup", "BridgeEnter", "BlindTransfer", "QueueCallerJoin",
+    "DeviceStateChange",
 })
 
 #: How Asterisk 22 says the channel is gone: Setvar (and Hangup, Getvar) ``No such channel``; Redirect
@@ -90,6 +101,20 @@ class RoutingCounters:
     offer_failed: int = 0       # AMI down, timed out or refusing: requeued, retried by the sweep
     offer_expired: int = 0      # a reservation whose dial never began (its server died?): requeued
     redis_errors: int = 0       # events and timers that failed on Redis (logged, skipped)
+    # Reconciliation against the phones' device states (cti/router/reconcile.py: the names are its kinds):
+    stuck_on_call: int = 0      # on_call, the phone idle past the grace: the call's end was lost; wrapped up
+    stuck_reserved: int = 0     # reserved, the same: the offer's end was lost; requeued, the agent ready
+    busy_outside: int = 0       # ready with a busy phone (a call routing did not make): on_call meanwhile
+    busy_outside_over: int = 0  # ... that phone idle again: wrap-up, then ready
+    phone_unavailable: int = 0  # ready with an unregistered phone: not ready
+    phone_available: int = 0    # ... registered again: ready
+    # Resync against CoreShowChannels after each login (cti/router/resync.py):
+    resync_abandoned: int = 0   # a waiting call whose channel was gone: out of the store
+    resync_freed: int = 0       # a reserved call whose channel was gone: out, its agent ready
+    resync_requeued: int = 0    # a reserved call back on hold (its CtiNoAnswer lost): waiting, the agent ready
+    resync_ended: int = 0       # an agent on_call whose call's channel was gone: wrapped up
+    resync_enqueued: int = 0    # a channel on hold the store lacked (Redis lost it): queued again
+    resync_followed: int = 0    # calls up that this server did not follow (a restart): followed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +138,21 @@ class _Call:
     phase: Phase = "waiting"
     agent: str | None = None    # offered to, ringing or talking
     agent_leg: str | None = None  # Uniqueid of the agent's channel the dial created
+
+
+#: The event that marks a resync's place among the events (:meth:`RoutingController.on_connect`); no
+#: Asterisk event has this name, and :meth:`RoutingController.on_event` never keeps it.
+_RESYNC_EVENT: Final = "CtiRouterResync"
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """What Asterisk said at a login (or a periodic resync): its channels and device states."""
+
+    channels: tuple[Message, ...]
+    devices: tuple[Message, ...]
+    at_ms: int
+    login: int  # the AMI client's login count: the same as the last one's on a live link
 
 
 def _wall_ms() -> int:
@@ -164,10 +204,15 @@ class RoutingController:
         self._next_sweep_ms: int | None = None
         self._sweep_ms = max(1, int(mode.sweep_s * 1000))
         self._clock_rate = clock_rate
+        self._reconciler = Reconciler(self._agents)
+        self._snapshots: deque[_Snapshot] = deque()
+        self._resync_login: int | None = None
+        self._missing: frozenset[str] = frozenset()  # calls the last resync found gone (a live link confirms)
         self._handlers: dict[str, Callable[[Message], Awaitable[None]]] = {
             "UserEvent": self._on_user_event, "DialBegin": self._on_dial_begin, "DialEnd": self._on_dial_end,
             "Hangup": self._on_hangup, "BridgeEnter": self._on_bridge_enter, "BlindTransfer": self._on_blind_transfer,
-            "QueueCallerJoin": self._on_queue_join,
+            "QueueCallerJoin": self._on_queue_join, "DeviceStateChange": self._on_device_state,
+            _RESYNC_EVENT: self._on_resync,
         }
 
     @property
@@ -244,6 +289,8 @@ class RoutingController:
         """One event, now. A Redis failure is logged and the event skipped: the sweep, the next
         event of the call or (at worst) the dialplan's hold limit picks the call up again."""
         handler = self._handlers.get(msg.event or "")
+        if msg.event in ("DialBegin", "DialEnd"):  # anyone's dial to an agent's phone: not a lost call's end
+            self._reconciler.observe_dial(msg.event or "", msg.get("DestChannel") or "", self._now())
         if handler is not None:
             await self._guarded(handler(msg), msg.event or "")
 
@@ -307,6 +354,7 @@ class RoutingController:
         waiting calls whose escalation has moved on since this server last tried them (a step that
         relaxed the requirements takes effect), best call first, while anyone is ready."""
         now = self._now()
+        await self._reconcile(now)
         cutoff = now - int(self._mode.reservation_timeout_s * 1000)
         for call_id, agent_id in await self._store.expire_offers(cutoff):
             self.counters.offer_expired += 1
@@ -598,8 +646,8 @@ class RoutingController:
         if settled.state is None:
             return  # another server settled it
         if not settled.named:  # answered by someone the store had not reserved: they are on it all the same
-            # (a dial that outlived its expired offer): ready -> on_call is no step of the state machine's
-            # (agent_state.check would raise and stop run()), so the store is asked directly.
+            # (a dial that outlived its expired offer): ready -> on_call, as for a call outside routing
+            # (a phone already seen busy has them on_call for that: cti/router/reconcile.py).
             moved = (await self._store.transition(agent_id, "on_call", expect={"ready"}, now_ms=now,
                                                   call=call.id)).changed
             log.warning("route.unexpected_answer", call=call.id, agent=agent_id, reserved=settled.agent, moved=moved)
@@ -675,6 +723,158 @@ class RoutingController:
         moved = await self._store.transition(agent_id, status, expect=expect, now_ms=now_ms, expect_call=expect_call,
                                              call=call, wrap_until_ms=wrap_until_ms)
         return moved.changed
+
+    # ----- reconciliation: the store against Asterisk's phones and channels --------------------------
+    # What to correct is decided in cti/router/reconcile.py (device states) and cti/router/resync.py
+    # (CoreShowChannels); here each correction is applied as a conditional store step, counted and logged.
+
+    async def on_connect(self, client: ListActions, channels: Sequence[Message]) -> None:
+        """After each AMI login and periodic resync (``EventPipeline.after_resync``: the ordered event stream
+        waits for it): read every device state (``DeviceStateList``), then queue the check of the store
+        against them and ``channels`` (the ``CoreShowChannels`` the call model resynchronised from) behind the
+        events received so far, for :meth:`run`. Never raises: a failure here would cut the AMI link."""
+        at = self._now()
+        try:
+            _, devices = await client.action_list("DeviceStateList")
+        except (AmiActionError, AmiConnectionError, AmiTimeout) as exc:
+            log.warning("route.device_states_unread", error=str(exc), effect="phones followed from their changes")
+            devices = []
+        self._snapshots.append(_Snapshot(tuple(channels), tuple(devices), at, client.stats.connects))
+        self._events.append(Message(fields={"Event": _RESYNC_EVENT}))
+        self._wake.set()
+
+    async def _on_device_state(self, msg: Message) -> None:
+        now = self._now()
+        agent_id = self._reconciler.observe_state(msg.get("Device") or "", msg.get("State") or "", now, live=True)
+        if agent_id is not None:
+            await self._reconcile(now, [agent_id], changed={agent_id})
+
+    async def _reconcile(self, now: int, agents: Collection[str] | None = None, *,
+                         changed: Collection[str] = ()) -> None:
+        """Check ``agents`` (default: every agent whose phone has a reading) against their phones; ``changed``:
+        those whose phone's state was just read or changed."""
+        ids = self._reconciler.followed() if agents is None else agents
+        if not ids:
+            return
+        rules = Rules.of(self._mode, self.config)
+        for agent_id, seen in (await self._store.agent_calls(ids)).items():
+            fix = self._reconciler.check(agent_id, seen.status, seen.call, now_ms=now, rules=rules,
+                                         changed=agent_id in changed)
+            if fix is not None:
+                await self._correct(agent_id, fix, now)
+
+    async def _correct(self, agent_id: str, fix: Correction, now: int) -> None:
+        """One correction, only if the store still has what it was decided on."""
+        if fix.kind == "stuck_reserved":
+            assert fix.expect_call is not None
+            moved = await self._store.requeue(fix.expect_call, agent_status="ready", agent=agent_id)
+            call = self._calls.get(fix.expect_call)
+            if moved and call is not None:
+                call.phase, call.agent = "waiting", None
+            self._tried.pop(fix.expect_call, None)  # the sweep offers it again
+        else:
+            agent_state.check(agent_id, {fix.before}, fix.after)
+            moved = (await self._store.transition(agent_id, fix.after, expect={fix.before}, now_ms=now,
+                                                  expect_call=fix.expect_call, reason=fix.reason, call=fix.call,
+                                                  wrap_until_ms=fix.wrap_until_ms)).changed
+        if not moved:
+            return
+        setattr(self.counters, fix.kind, getattr(self.counters, fix.kind) + 1)
+        call_id = None if fix.expect_call in MARKS else fix.expect_call
+        report = log.warning if fix.kind.startswith("stuck") else log.info
+        report("route.reconciled", source="device", kind=fix.kind, agent=agent_id, call=call_id, before=fix.before,
+               after=fix.after, reason=fix.reason, why=fix.why)
+        if fix.wrap_until_ms is not None:
+            heapq.heappush(self._wrap_due, fix.wrap_until_ms)
+        if fix.kind == "stuck_on_call" and call_id is not None:
+            self._forget(call_id)
+        if fix.after == "ready":
+            await self._match_agent(agent_id)
+
+    async def _on_resync(self, _msg: Message) -> None:
+        """The store against a login's channels and device states (:func:`cti.router.resync.plan`)."""
+        if not self._snapshots:
+            return
+        snap = self._snapshots.popleft()
+        now = self._now()
+        changed = {a for d in snap.devices
+                   if (a := self._reconciler.observe_state(d.get("Device") or "", d.get("State") or "", now,
+                                                           live=False)) is not None}
+        live_link = snap.login == self._resync_login
+        self._resync_login = snap.login
+        found = resync.plan(resync.channels_of(snap.channels), await self._store.held_calls(),
+                            await self._store.agent_calls(), hold_context=self._mode.hold_context,
+                            taken_at_ms=snap.at_ms, agent_devices=self._reconciler.devices,
+                            followed=self._calls.keys(), confirm=self._missing if live_link else None)
+        self._missing = found.missing
+        for step in found.steps:
+            raise_if_cancelling()
+            await self._guarded(self._resync_step(step, snap.at_ms), "resync")
+        log.info("route.resynced", live_link=live_link, channels=len(snap.channels), devices=len(snap.devices),
+                 steps=len(found.steps))
+        await self._reconcile(now, changed=changed)
+
+    async def _resync_step(self, step: resync.Step, at_ms: int) -> None:
+        now = self._now()
+        match step:
+            case resync.Gone(call_id, state, agent):
+                settled = await self._store.settle(call_id, agent_status="ready", now_ms=now)
+                self._forget(call_id)
+                if settled.state is not None:
+                    kind = "resync_abandoned" if state == "waiting" else "resync_freed"
+                    setattr(self.counters, kind, getattr(self.counters, kind) + 1)
+                    log.warning("route.reconciled", source="resync", kind=kind, call=call_id, agent=settled.agent,
+                                before=settled.state, after="gone", why="its channel is gone")
+                if settled.agent is not None:
+                    await self._match_agent(settled.agent)
+            case resync.FellBack(call_id):
+                await self._left_router(call_id, None)
+            case resync.BackOnHold(call_id, agent):
+                if await self._store.requeue(call_id, agent_status="ready", agent=agent):
+                    self.counters.resync_requeued += 1
+                    self._tried.pop(call_id, None)
+                    known = self._calls.get(call_id)
+                    if known is not None:
+                        known.phase, known.agent = "waiting", None
+                    log.warning("route.reconciled", source="resync", kind="resync_requeued", call=call_id,
+                                agent=agent, before="ringing", after="waiting", why="back on hold: no answer lost")
+                    if agent is not None:
+                        await self._match_agent(agent)
+            case resync.Follow():
+                waiting = step.waiting or self._intake(step.call_id, step.linkedid, now).call
+                self._track(_Call(step.call_id, step.channel, step.linkedid, waiting, phase=step.phase,
+                                  agent=step.agent, agent_leg=step.agent_leg))
+                if step.agent_leg is not None:
+                    self._legs[step.agent_leg] = step.call_id
+                self.counters.resync_followed += 1
+                log.info("route.followed", call=step.call_id, phase=step.phase, agent=step.agent,
+                         agent_leg=step.agent_leg)
+            case resync.TalkOver(agent, call_id):
+                known = self._calls.get(call_id)
+                until = now + (self._wrapup_ms(known.waiting.entry_point) if known else self.config.wrapup_s * 1000)
+                if await self._step(agent, "wrap_up", expect={"on_call"}, now_ms=now, expect_call=call_id,
+                                    call=call_id, wrap_until_ms=until):
+                    heapq.heappush(self._wrap_due, until)
+                    self.counters.resync_ended += 1
+                    log.warning("route.reconciled", source="resync", kind="resync_ended", call=call_id, agent=agent,
+                                before="on_call", after="wrap_up", why="its call's channel is gone")
+                self._forget(call_id)
+            case resync.Enqueue(call_id, channel, linkedid, age_ms):
+                start = (self._call_vars(linkedid) or {}).get("CTI_HOLD_START", "")
+                waiting = self._intake(call_id, linkedid, min(now, int(start) * 1000 if start.isdigit()
+                                                               else at_ms - age_ms)).call
+                self._track(_Call(call_id, channel, linkedid, waiting))
+                if await self._store.enqueue(waiting, channel=channel):
+                    self.counters.resync_enqueued += 1
+                    log.warning("route.reconciled", source="resync", kind="resync_enqueued", call=call_id,
+                                before=None, after="waiting", why="on hold, and the store lacks it")
+                await self._match_call(call_id, now)
+
+    def _intake(self, call_id: str, linkedid: str, enqueued_at_ms: int) -> Intake:
+        """A call the router takes up again from the call model's CTI_* variables (no CtiHold seen)."""
+        return waiting_call(call_id, self.config, now_ms=enqueued_at_ms, entry=None,
+                            variables=self._call_vars(linkedid) or {}, customer=self._customer_of(linkedid),
+                            agents=self._agents.ids)
 
     # ----- agents, by hand (CLI, API) ---------------------------------------------------------------
 

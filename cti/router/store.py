@@ -17,7 +17,8 @@ Key layout under ``{key_prefix}router:`` (one Redis, not a cluster: the scripts 
     h:<tier>:<key>        string  the first member of w:<tier>:<key>, "<enqueued_at_ms> <id>"
     esc                   zset    call id -> when its next escalation step adds index keys
     agent:<id>            hash    p (skills/languages/groups JSON), status, idle, reason, call (the call
-                                  a reserved, on_call or wrap_up status is about)
+                                  a reserved, on_call or wrap_up status is about, or the reconciler's
+                                  mark: ``device:busy``, ``device:unavailable``, cti/router/reconcile.py)
     agents                set     every agent id
     wrap                  zset    agents in wrap-up, by when it ends
     r:any, r:group:<g>,   zset    ready agents, by idle_since_ms, under each of their groups and
@@ -65,7 +66,7 @@ from routing.config import RoutingConfig
 from routing.model import AgentState, AgentStatus, Requirements, WaitingCall
 from routing.trace import Decision, Passed, Reason, Trace
 
-__all__ = ["MAX_MS", "RouterStore", "Settled", "Transition"]
+__all__ = ["MAX_MS", "AgentCall", "HeldCall", "RouterStore", "Settled", "Transition"]
 
 #: Times (ms) must be within ±2**51, so every difference Lua takes stays below 2**53.
 MAX_MS = 2**51
@@ -211,6 +212,26 @@ class Transition:
 
     changed: bool
     before: AgentStatus | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCall:
+    """A call the store holds (:meth:`RouterStore.held_calls`): waiting, or reserved for ``agent`` with its
+    dial not begun (``offered``) or begun (``ringing``); ``channel`` is the one it was enqueued with."""
+
+    call: WaitingCall
+    state: CallState
+    agent: str | None
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCall:
+    """An agent's status and the call it is about (:meth:`RouterStore.agent_calls`)."""
+
+    status: AgentStatus
+    call: str | None
+    reason: str | None
 
 
 def _agent_profile(agent: AgentState) -> str:
@@ -392,6 +413,43 @@ class RouterStore:
                 pipe.hmget(f"{self._ns}agent:{agent_id}", ["p", "status", "idle", "reason"])
             rows = await pipe.execute()
         return [_agent_from(agent_id, row) for agent_id, row in zip(ids, rows, strict=True)]
+
+    async def held_calls(self) -> list[HeldCall]:
+        """Every call the store holds, waiting ones oldest first, then the reserved: what a resync checks
+        against Asterisk's channels. Each call's state, agent and offer are read in one transaction, so a
+        reservation made meanwhile is never taken for one whose dial began."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrange(f"{self._ns}waiting", 0, -1)
+            pipe.hkeys(f"{self._ns}reserved")
+            waiting_raw, reserved_raw = await pipe.execute()
+        ids = [_text(i) for i in waiting_raw] + sorted(_text(i) for i in reserved_raw)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for call_id in ids:
+                pipe.hmget(f"{self._ns}call:{call_id}", ["d", "ch", "state", "agent"])
+                pipe.zscore(f"{self._ns}offers", call_id)
+            replies = await pipe.execute()
+        out = []
+        for call_id, (raw, channel, state, agent), offer in zip(ids, replies[::2], replies[1::2], strict=True):
+            if raw is None:
+                continue
+            waits = state is None or _text(state) == "waiting"
+            out.append(HeldCall(_from_call_json(call_id, raw), "waiting" if waits else (
+                "offered" if offer is not None else "ringing"), None if waits or agent is None else _text(agent),
+                None if channel is None else _text(channel)))
+        return out
+
+    async def agent_calls(self, agent_ids: Collection[str] | None = None) -> dict[str, AgentCall]:
+        """Status, the call it is about and the not-ready reason of the agents given (default: every
+        agent the store has); agents it lacks are left out."""
+        ids = sorted(agent_ids) if agent_ids is not None else sorted(
+            _text(i) for i in await self._redis.smembers(f"{self._ns}agents"))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for agent_id in ids:
+                pipe.hmget(f"{self._ns}agent:{agent_id}", ["status", "call", "reason"])
+            rows = await pipe.execute()
+        return {agent_id: AgentCall(_status(_text(status)), _text(call) if call else None,
+                                    _text(reason) if reason else None)
+                for agent_id, (status, call, reason) in zip(ids, rows, strict=True) if status is not None}
 
     async def agent(self, agent_id: str) -> AgentState | None:
         """One agent as stored, None if the store does not have them."""

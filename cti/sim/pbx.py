@@ -1600,6 +1600,16 @@ class Pbx:
             out.append(Message(fields=fields))
         return out
 
+    def device_states(self, action_id: str | None) -> list[Message]:
+        """DeviceStateList items (``DeviceStateChange`` with the ActionID, no Privilege), as
+        res_manager_devicestate.c prints them: the phones whose changes this engine sends (Local ones;
+        a list of PJSIP states that no event ever updates would mislead a client)."""
+        aid = {"ActionID": action_id} if action_id else {}
+        return [Message(fields={"Event": "DeviceStateChange", **aid, "Device": p.state_interface,
+                                "State": _DEVICE_STATE[DEVICE_INUSE if p.status != DEVICE_NOT_INUSE
+                                                      else DEVICE_NOT_INUSE]})
+                for p in self.phones if p.local]
+
     def queue_status(self, now: float, action_id: str | None, queue: str = "", member: str = "") -> list[Message]:
         """QueueParams, QueueMember and QueueEntry items as manager_queues_status() prints them."""
         aid = {"ActionID": action_id} if action_id else {}

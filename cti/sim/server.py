@@ -285,6 +285,11 @@ class AmiServer(TcpListener):
         self._list(conn, aid, "Channels will follow", items, "CoreShowChannelsComplete")
         return True
 
+    def _action_devicestatelist(self, conn: _Connection, f: dict[str, str], aid: str | None, _m: Message) -> bool:
+        items = self.sim.pbx.device_states(aid)
+        self._list(conn, aid, "Device State Changes will follow", items, "DeviceStateListComplete")
+        return True
+
     def _action_queuestatus(self, conn: _Connection, f: dict[str, str], aid: str | None, _m: Message) -> bool:
         items = self.sim.pbx.queue_status(self.clock(), aid, f.get("queue", ""), f.get("member", ""))
         self._list(conn, aid, "Queue status will follow", items, "QueueStatusComplete")
