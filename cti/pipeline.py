@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import structlog
 
 from cti.ami.codec import Message
+from cti.directory.store import account_key
 from cti.metrics import DOMAIN_EVENTS, POP_LATENCY, RESYNCS
 from cti.model import events as ev
 from cti.model.events import DomainEvent
@@ -176,7 +177,7 @@ class EventPipeline:
         slot = self._customers.get(linkedid) if call_event else None
         # Look the caller up when they join the queue, not when an agent rings: the pop is then instant.
         if call_event and slot is None and (event.type == ev.CALL_QUEUED or pushed):
-            slot = self._customers[linkedid] = self._start_lookup(linkedid, event.data.get("caller"))
+            slot = self._customers[linkedid] = self._start_lookup(linkedid, _lookup_key(event.data))
         if pushed:
             assert event.agent is not None
             on_sent = None
@@ -263,6 +264,17 @@ class EventPipeline:
         held, slot.held = slot.held, []
         for agent, kind, data, on_sent in held:
             self._notifier.submit(agent, kind, {**data, "customer": slot.record}, on_sent=on_sent)
+
+
+def _lookup_key(call: dict[str, Any]) -> str | None:
+    """Whom the pop shows: the customer the IVR identified (the caller said who they are, perhaps from
+    someone else's phone), else whoever the calling number belongs to."""
+    ivr = call.get("ivr")
+    customer_id = ivr.get("customer_id") if isinstance(ivr, dict) else None
+    if isinstance(customer_id, str) and customer_id:
+        return account_key(customer_id)
+    caller = call.get("caller")
+    return caller if isinstance(caller, str) else None
 
 
 def _as_record(customer: Any) -> dict[str, Any] | None:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from cti.directory.cache import CachedDirectory
 from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.models import Customer
-from cti.directory.store import RedisDirectory
+from cti.directory.store import RedisDirectory, account_key
+from cti.pipeline import _lookup_key
 
 pytestmark = pytest.mark.network
 
@@ -76,6 +78,20 @@ async def test_lookup_exact_suffix_and_unknown(redis_client: aioredis.Redis) -> 
     assert (await directory.lookup("1001")).id == "d"  # type: ignore[union-attr]
     for junk in ("<unknown>", "", None, "anonymous"):
         assert await directory.lookup(junk) is None
+
+
+async def test_a_caller_the_ivr_identified_is_looked_up_by_account(redis_client: aioredis.Redis) -> None:
+    """The IVR's CTI_CUSTOMER wins over the calling number: the caller said who they are."""
+    directory = RedisDirectory(redis_client, key_prefix="t:")
+    await directory.replace_all([_c("acct-7", "8613800000001"), _c("b", "13900000002")])
+    cache = CachedDirectory(directory)
+    assert (await cache.lookup(account_key("acct-7")))["id"] == "acct-7"  # type: ignore[index]
+    assert cache.peek(account_key("acct-7"))[0], "cached like a number"
+    assert await directory.lookup(account_key("nobody")) is None
+    call = {"caller": "13900000002", "ivr": {"customer_id": "acct-7"}}
+    assert _lookup_key(call) == account_key("acct-7")
+    assert _lookup_key({"caller": "13900000002", "ivr": None}) == "13900000002"
+    assert _lookup_key({"caller": "13900000002", "ivr": {"customer_id": None}}) == "13900000002"
 
 
 async def test_replace_all_swaps_whole_directories(redis_client: aioredis.Redis) -> None:

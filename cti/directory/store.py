@@ -48,6 +48,15 @@ def shared_numbers(customers: Iterable[Customer]) -> dict[str, list[str]]:
     return {number: ids for number, ids in owners.items() if len(ids) > 1}
 
 
+#: Lookup keys that are not caller numbers: ``#account:<customer id>`` (no number starts with ``#``).
+ACCOUNT_PREFIX = "#account:"
+
+
+def account_key(customer_id: str) -> str:
+    """The lookup key of a customer the IVR identified (an account number entered, a PIN checked)."""
+    return ACCOUNT_PREFIX + customer_id
+
+
 class RedisDirectory:
     def __init__(self, redis: aioredis.Redis, *, key_prefix: str = "cti:") -> None:
         self._redis = redis
@@ -106,7 +115,10 @@ class RedisDirectory:
         return len(records)
 
     async def lookup(self, number: str | None) -> Customer | None:
-        """Exact normalised match, else a unique last-9-digit match; junk caller IDs cost no round-trip."""
+        """Exact normalised match, else a unique last-9-digit match; junk caller IDs cost no round-trip.
+        An :func:`account_key` (a caller who identified themselves in the IVR) is the customer by id."""
+        if number is not None and number.startswith(ACCOUNT_PREFIX):
+            return await self.get(number[len(ACCOUNT_PREFIX):])
         normalised = normalise_number(number)
         if normalised is None:
             return None
