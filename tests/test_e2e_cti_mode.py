@@ -64,13 +64,14 @@ agents:
 DORA = AgentConfig(id="dora", name="Dora", interface="PJSIP/1009")
 
 
-def cti_config(redis_url: str, mqtt_port: int, tmp_path: Path, *, with_dora: bool = False) -> Config:
+def cti_config(redis_url: str, mqtt_port: int, tmp_path: Path, *, with_dora: bool = False, ring_for_s: int = 2,
+               **sim: Any) -> Config:
     (tmp_path / "flows").mkdir()
     (tmp_path / "flows" / "onechoice.yaml").write_text(FLOW)
-    (tmp_path / "routing.yaml").write_text(ROUTING)
+    (tmp_path / "routing.yaml").write_text(ROUTING.replace("offer_timeout_s: 2", f"offer_timeout_s: {ring_for_s}"))
     agi_port = free_port()  # the simulated Asterisk's AGI() needs the address before the server starts
     config = make_config(redis_url=redis_url, mqtt_port=mqtt_port, mode="cti", mean_talk_s=1,
-                         agi_url=f"agi://127.0.0.1:{agi_port}/onechoice", agi_scenarios=["1"])
+                         agi_url=f"agi://127.0.0.1:{agi_port}/onechoice", agi_scenarios=["1"], **sim)
     agents = [*config.agents, DORA] if with_dora else config.agents
     return config.model_copy(update={
         "agents": agents,
@@ -172,3 +173,59 @@ async def test_no_answer_puts_the_agent_not_ready_and_the_call_goes_to_the_next(
                 assert r.status == 404
     assert [d["agent"] for d in explained["decisions"]] == ["dora", "alice"]
     assert explained["waiting"] is None  # answered: no longer waiting
+
+
+async def set_state(server: CtiServer, agent: str, state: str, reason: str | None = None) -> int:
+    async with aiohttp.ClientSession() as http, http.post(
+            f"http://127.0.0.1:{server.http_port}/api/agents/{agent}/state",
+            json={"state": state, "reason": reason}) as r:
+        return r.status
+
+
+async def ended_record(sim: AmiServer) -> dict[str, Any]:
+    await eventually(lambda: any(r.get("cti") for r in sim.sim.pbx.records), timeout=20)
+    return next(r for r in sim.sim.pbx.records if r.get("cti"))
+
+
+async def test_a_caller_who_gives_up_on_hold_is_abandoned_and_nobody_is_offered_it(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    config = cti_config(redis_url, mqtt_port, tmp_path)
+    async with cti_running(config) as (sim, server):
+        for agent in ("alice", "bob"):
+            assert await set_state(server, agent, "not_ready", "break") == 200
+        place(sim, patience=1.0)
+        record = await ended_record(sim)
+        await eventually(lambda: counters(server)["abandoned_hold"] == 1, timeout=20)
+        assert record["cti"]["outcome"] == "abandoned_hold" and record["cti"]["rings"] == []
+        assert counters(server)["offered"] == 0
+        assert server.router is not None and await server.router.store.waiting() == []
+
+
+async def test_a_caller_who_hangs_up_while_the_agent_rings_frees_the_agent_without_rona(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    # Alice's phone rings for 30 s before she would answer; the routing rings her for up to 60 s;
+    # the caller gives up after 2 s, while it rings.
+    config = cti_config(redis_url, mqtt_port, tmp_path, ring_for_s=60, ring_s=30)
+    async with cti_running(config) as (sim, server):
+        assert await set_state(server, "bob", "not_ready", "break") == 200
+        place(sim, patience=2.0)
+        record = await ended_record(sim)
+        await eventually(lambda: counters(server)["abandoned_ringing"] == 1, timeout=20)
+        assert record["cti"]["outcome"] == "abandoned_ringing"
+        assert [r["outcome"] for r in record["cti"]["rings"]] == ["cancel"]
+        await eventually_status(server, "alice", ("ready", None))
+        assert counters(server)["rona"] == 0
+
+
+async def test_an_agent_who_blind_transfers_the_caller_wraps_up_and_is_ready_again(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    config = cti_config(redis_url, mqtt_port, tmp_path, transfer_share=1.0, transfer_to_agent_share=1.0)
+    async with cti_running(config) as (sim, server):
+        assert await set_state(server, "bob", "not_ready", "break") == 200
+        place(sim, talk=1.0, patience=600)
+        await eventually(lambda: counters(server)["answered"] == 1, timeout=20)
+        await eventually(lambda: any(s.get("transferred_from") for r in sim.sim.pbx.records
+                                     for s in r.get("segments", [])), timeout=30)
+        await eventually_status(server, "alice", ("ready", None))
+        record = next(r for r in sim.sim.pbx.records if r.get("cti"))
+        assert record["cti"]["answered_by"] == "alice"
