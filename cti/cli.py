@@ -596,6 +596,43 @@ _url_option = click.option("--url", default=None, metavar="URL",
                            help="the server's web address (default: http.host and http.port of the config)")
 
 
+@main.command()
+@click.option("--calls", type=click.IntRange(1), default=2000, show_default=True, help="callers to simulate")
+@click.option("--agents", type=click.IntRange(1), default=40, show_default=True,
+              help="agents, generated with skills, languages and groups that serve every entry point")
+@click.option("--vip-share", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="share of callers in a VIP tier (the routing config's tiers with 'vip' in the name)")
+@click.option("--seed", type=int, default=1, show_default=True, help="the same seed simulates the same day")
+@click.option("--servers", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="routing servers sharing one Redis, each with its own AMI connection")
+@click.option("--speed", type=click.FloatRange(1, 400), default=60.0, show_default=True,
+              help="simulated seconds per wall second")
+@click.option("--routing", "routing_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None, help="routing config (default config/routing.yaml)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
+def simulate(*, calls: int, agents: int, vip_share: float, seed: int, servers: int, speed: float,
+             routing_path: Path | None, as_json: bool) -> None:
+    """Simulate a day of CTI routing on accelerated time: the PBX simulator in CTI mode and SERVERS
+    routing servers on a private Redis. Prints per tier and entry point offered, answered, abandoned,
+    service level (answered within the tier's target over offered), mean / p90 / max wait, and the
+    invariants: double_assignments and lost_calls (both must be 0), from the simulator's own records.
+    Exit status 1 if an invariant is broken."""
+    from cti.devservices import ServiceError
+    from cti.router.simulate import DEFAULT_ROUTING, SimulationError, format_summary
+    from cti.router.simulate import simulate as run_simulation
+    from routing.config import RoutingConfigError
+
+    configure_logging("console", "WARNING")  # every routing step logs at info: thousands of lines
+    try:
+        summary = asyncio.run(run_simulation(calls=calls, agents=agents, vip_share=vip_share, seed=seed,
+                                             servers=servers, speed=speed,
+                                             routing_config_path=routing_path or DEFAULT_ROUTING))
+    except (ValueError, SimulationError, RoutingConfigError, ServiceError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(summary, ensure_ascii=False) if as_json else format_summary(summary))
+    if summary["double_assignments"] or summary["lost_calls"]:
+        raise SystemExit(1)
+
 @main.group()
 def agent() -> None:
     """Set an agent's routing state on a running server (CTI routing mode)."""

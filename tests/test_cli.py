@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cti.cli import main
@@ -112,3 +113,20 @@ def test_check_config_reports_ivr_flow_problems_with_file_and_node(tmp_path: Pat
     assert "no_such_entry" in result.output and "error(s) in the IVR flows" in result.output
     good = CliRunner().invoke(main, ["check-config", str(ROOT / "config" / "cti.yaml")])
     assert good.exit_code == 0 and "ok: IVR flow hotline" in good.output
+
+
+@pytest.mark.network
+def test_simulate_prints_one_json_summary_with_the_invariants() -> None:
+    """A small day: the command's JSON has every tier and entry point, and nothing double-assigned or lost."""
+    result = CliRunner().invoke(main, ["simulate", "--calls", "60", "--agents", "8", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["double_assignments"] == 0 and summary["lost_calls"] == 0
+    assert "normal" in set(summary["tiers"]) <= {"vip_platinum", "vip_gold", "vip_silver", "normal"}
+    assert set(summary["entry_points"]) <= {"billing", "tech_support", "complaints", "vip"}
+    offered = sum(t["offered"] for t in summary["tiers"].values())
+    done = sum(t["answered"] + t["abandoned"] + t["fallback"] for t in summary["tiers"].values())
+    assert offered == 60 and done == offered
+    for tier in summary["tiers"].values():
+        assert {"offered", "answered", "abandoned", "service_level", "mean_wait_s", "p90_wait_s",
+                "max_wait_s"} <= set(tier)

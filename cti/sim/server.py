@@ -103,7 +103,11 @@ class AmiServer(TcpListener):
         port: int | None = None,
         clock: Callable[[], float] = time.time,
         random_arrivals: bool = True,
+        batch_writes: bool = False,
     ) -> None:
+        """``batch_writes``: each batch of events the engine produces goes out in one write per connection
+        (``cti simulate``, where the syscalls of one write per event were a fifth of the run's CPU); off,
+        one write per event, as Asterisk's manager does."""
         super().__init__(host=host if host is not None else config.host,
                          port=port if port is not None else config.port)
         self.username = username
@@ -120,6 +124,7 @@ class AmiServer(TcpListener):
         )
         self._conns: dict[asyncio.Task[None], _Connection] = {}
         self._tick_task: asyncio.Task[None] | None = None
+        self._batch_writes = batch_writes
 
     async def start(self) -> None:
         await super().start()
@@ -153,6 +158,11 @@ class AmiServer(TcpListener):
         at a time (the live shape, and the costly one), not in the large chunks a batch would make."""
         encoded = [e.encode() for e in events]
         for conn in list(self._conns.values()):
+            if self._batch_writes:
+                batch = b"".join(data for event, data in zip(events, encoded, strict=True) if conn.wants(event))
+                if batch:
+                    conn.send(batch)
+                continue
             for event, data in zip(events, encoded, strict=True):
                 if conn.wants(event):
                     conn.send(data)
