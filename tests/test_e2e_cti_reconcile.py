@@ -245,3 +245,27 @@ async def test_a_restart_while_a_caller_waits_on_hold_routes_that_caller(
                 await eventually(lambda: counters(server)["resync_enqueued"] == 1, timeout=20)
             await eventually(lambda: counters(server)["answered"] == 1, timeout=20)
             assert agent_on(sim, call) == "alice"
+
+
+async def test_an_offer_to_a_caller_already_gone_is_dropped_and_the_agent_stays_ready(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    """The caller's Hangup never reached the router (lost), so it still holds the call; when an agent
+    becomes free it is offered, Asterisk answers the Setvar with ``No such channel``, and the router
+    drops the call (counted ``gone``) and keeps the agent ready rather than putting them not ready."""
+    config = reconcile_config(redis_url, mqtt_port, tmp_path)
+
+    def caller_hangup(msg: Message) -> bool:
+        return msg.event == "Hangup" and "cti-entry" in (msg.get("Channel") or "")
+
+    async with simulator(config) as (sim, config), serving(config, drop=caller_hangup) as server:
+        assert server.router is not None
+        for agent in ("alice", "bob"):
+            await server.router.set_not_ready(agent, "break")
+        linkedid = place(sim, patience=1.0)
+        await eventually(lambda: live_call(sim, linkedid) is None, timeout=20)  # hung up on hold
+        assert len(await server.router.store.waiting()) == 1, "the router never heard of the hang-up"
+        await server.router.set_ready("alice")
+        await eventually(lambda: counters(server)["gone"] == 1, timeout=20)
+        assert await server.router.store.waiting() == []
+        assert await status(server, "alice") == ("ready", None)
+        assert counters(server)["rona"] == 0 and counters(server)["offered"] == 0
