@@ -157,3 +157,17 @@ async def running(
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
     assert not stuck, f"the server did not stop within {STOP_WITHIN_S:.0f}s: " + "; ".join(stuck)
+
+
+async def status(server: CtiServer, agent: str) -> tuple[str, str | None]:
+    """An agent's routing status and not-ready reason, as the router's store has them (CTI mode)."""
+    assert server.router is not None
+    state = await server.router.store.agent(agent)
+    assert state is not None
+    return state.status, state.not_ready_reason
+
+
+async def eventually_status(server: CtiServer, agent: str, want: tuple[str, str | None]) -> None:
+    async with asyncio.timeout(20):
+        while await status(server, agent) != want:  # noqa: ASYNC110 - bounded poll of Redis, test only
+            await asyncio.sleep(0.05)

@@ -17,7 +17,7 @@ from cti.app import CtiServer
 from cti.config import AgentConfig, AgiConfig, Config, RoutingModeConfig
 from cti.devservices import free_port
 from cti.sim.server import AmiServer
-from tests.e2e import Inbox, eventually, make_config, ws_listener
+from tests.e2e import Inbox, eventually, eventually_status, make_config, status, ws_listener
 
 pytestmark = pytest.mark.network
 
@@ -122,19 +122,6 @@ async def test_a_caller_goes_through_the_ivr_and_hold_to_the_best_agent(
         assert record["cti"]["answered_by"] == "alice" and record["cti"]["entry"] == "billing"
         # After the call and its wrap-up the agent is ready for the next one.
         await eventually_status(server, "alice", ("ready", None))
-
-
-async def status(server: CtiServer, agent: str) -> tuple[str, str | None]:
-    assert server.router is not None
-    state = await server.router.store.agent(agent)
-    assert state is not None
-    return state.status, state.not_ready_reason
-
-
-async def eventually_status(server: CtiServer, agent: str, want: tuple[str, str | None]) -> None:
-    async with asyncio.timeout(20):
-        while await status(server, agent) != want:  # noqa: ASYNC110 - bounded poll of Redis, test only
-            await asyncio.sleep(0.05)
 
 
 async def test_no_answer_puts_the_agent_not_ready_and_the_call_goes_to_the_next(

@@ -23,7 +23,7 @@ from cti.ami.codec import Message
 from cti.app import CtiServer
 from cti.config import AgentConfig, Config, RoutingModeConfig
 from cti.sim.server import AmiServer
-from tests.e2e import eventually, make_config
+from tests.e2e import eventually, eventually_status, make_config, status
 
 pytestmark = pytest.mark.network
 
@@ -118,19 +118,6 @@ def agent_on(sim: AmiServer, linkedid: str) -> str | None:
 
 def counters(server: CtiServer) -> dict[str, Any]:
     return dict(server.health()["routing"])
-
-
-async def status(server: CtiServer, agent: str) -> tuple[str, str | None]:
-    assert server.router is not None
-    state = await server.router.store.agent(agent)
-    assert state is not None
-    return state.status, state.not_ready_reason
-
-
-async def eventually_status(server: CtiServer, agent: str, want: tuple[str, str | None]) -> None:
-    async with asyncio.timeout(20):
-        while await status(server, agent) != want:  # noqa: ASYNC110 - bounded poll of Redis, test only
-            await asyncio.sleep(0.05)
 
 
 async def test_the_simulator_lists_the_phones_it_reports_as_asterisk_does(

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from cti.ami.codec import Decoder, Message, encode_action
+from cti.ami.codec import Message, encode_action
 from cti.ami.errors import AmiActionError
 from cti.config import AgentConfig, RoutingModeConfig
 from cti.router import RouterStore
@@ -47,6 +47,8 @@ from cti.router.resync import (
 from cti.router.store import AgentCall, HeldCall
 from routing.config import RoutingConfig, parse_routing_config
 from routing.model import AgentStatus, WaitingCall
+from tests import cti_calls
+from tests.cti_calls import ManualClock, ami
 
 AGENTS = [
     AgentConfig(id="alice", name="Alice", interface="Local/1001@sim-agents/n", extension="1001"),
@@ -286,25 +288,8 @@ network = pytest.mark.network
 _prefixes = itertools.count()
 
 
-def ami(*pairs: tuple[str, str]) -> Message:
-    text = "\r\n".join(f"{k}: {v}" for k, v in pairs) + "\r\n\r\n"
-    [msg] = Decoder(expect_greeting=False).feed(text.encode())
-    return msg
-
-
 VARIABLE_SET = ami(("Response", "Success"), ("Message", "Variable Set"))
 REDIRECTED = ami(("Response", "Success"), ("Message", "Redirect successful"))
-
-
-class ManualClock:
-    def __init__(self, now_ms: int = START_MS) -> None:
-        self.now = now_ms
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1000)
 
 
 @dataclass
@@ -359,57 +344,8 @@ def device(ext: str, state: str, *, listed: bool = False) -> Message:
 
 
 @dataclass(frozen=True)
-class Caller:
-    """A caller's channels as extensions_cti.conf makes them: ``;2`` is the held channel."""
-
-    n: int
-    number: str = "13800000401"
-
-    @property
-    def linkedid(self) -> str:
-        return f"1800000000.{2 * self.n}"
-
-    @property
-    def uid(self) -> str:
-        return f"1800000000.{2 * self.n + 1}"
-
-    @property
-    def channel(self) -> str:
-        return f"Local/s@cti-entry-{self.n:08x};2"
-
-    def _chan(self, context: str, priority: str = "4") -> list[tuple[str, str]]:
-        return [("Channel", self.channel), ("ChannelState", "6"), ("ChannelStateDesc", "Up"),
-                ("CallerIDNum", self.number), ("CallerIDName", "Caller"), ("ConnectedLineNum", self.number),
-                ("ConnectedLineName", "Caller"), ("Language", "en"), ("AccountCode", ""), ("Context", context),
-                ("Exten", "s"), ("Priority", priority), ("Uniqueid", self.uid), ("Linkedid", self.linkedid)]
-
-    def hold(self) -> Message:
-        return ami(("Event", "UserEvent"), ("Privilege", "user,all"), *self._chan("cti-hold"),
-                   ("UserEvent", "CtiHold"), ("Uniqueid", self.uid), ("Entry", "billing"))
-
-    def agent_leg(self, ext: str) -> tuple[str, str]:
-        return f"Local/{ext}@sim-agents-{self.n:08x};1", f"1800000001.{self.n}"
-
-    def _dial(self, event: str, ext: str, *extra: tuple[str, str]) -> Message:
-        dest, dest_uid = self.agent_leg(ext)
-        return ami(("Event", event), ("Privilege", "call,all"), *self._chan("cti-connect", priority="2"),
-                   ("DestChannel", dest), ("DestChannelState", "0"), ("DestChannelStateDesc", "Down"),
-                   ("DestUniqueid", dest_uid), ("DestLinkedid", self.linkedid), *extra)
-
-    def dial_begin(self, ext: str) -> Message:
-        return self._dial("DialBegin", ext, ("DialString", f"{ext}@sim-agents/n"))
-
-    def dial_end(self, ext: str, status: str) -> Message:
-        return self._dial("DialEnd", ext, ("DialStatus", status))
-
-    def hangup(self) -> Message:
-        return ami(("Event", "Hangup"), ("Privilege", "call,all"), *self._chan("cti-connect"), ("Cause", "16"),
-                   ("Cause-txt", "Normal Clearing"))
-
-    def agent_hangup(self, ext: str) -> Message:
-        dest, dest_uid = self.agent_leg(ext)
-        return ami(("Event", "Hangup"), ("Privilege", "call,all"), ("Channel", dest), ("Uniqueid", dest_uid),
-                   ("Linkedid", self.linkedid), ("Cause", "16"), ("Cause-txt", "Normal Clearing"))
+class Caller(cti_calls.Caller):
+    """A caller as the controller tests build them, and as CoreShowChannels lists them."""
 
     def on_hold(self, app: str = "MusicOnHold") -> Message:
         """Its CoreShowChannel item while it waits in cti-hold."""
@@ -455,7 +391,7 @@ def config() -> RoutingConfig:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(START_MS)
 
 
 @pytest.fixture
