@@ -636,22 +636,13 @@ class CtiPbx(Pbx):
         self._hangup_request(dev, now, 16, soft=True)
         self._hangup(dev, now, cause)
 
-    def _dial_noanswer(self, call: CtiCall, now: float) -> None:
-        """Dial()'s timeout: NOANSWER, the agent's channels go, CtiNoAnswer and back to hold."""
+    def _dial_noanswer(self, call: CtiCall, now: float, cause: int = 0) -> None:
+        """Dial()'s timeout: NOANSWER, the agent's channels go, CtiNoAnswer and back to hold. An AMI Hangup
+        of the ringing agent's channel ends the ring the same way, with cause 16."""
         leg = call.ring
         assert leg is not None
         self._dial_event("DialEnd", call, leg, now, DialStatus="NOANSWER")
-        self._hangup_agent_channels(leg, now, 0)
-        self._end_ring(call, now, "noanswer")
-        self._local_vars(call, now, ("DIALSTATUS", "NOANSWER"))
-        self._after_dial(call, now, "NOANSWER")
-
-    def _dial_rejected(self, call: CtiCall, now: float) -> None:
-        """AMI Hangup of the ringing agent's channel: the ring ends unanswered, as a timeout would."""
-        leg = call.ring
-        assert leg is not None
-        self._dial_event("DialEnd", call, leg, now, DialStatus="NOANSWER")
-        self._hangup_agent_channels(leg, now, 16)
+        self._hangup_agent_channels(leg, now, cause)
         self._end_ring(call, now, "noanswer")
         self._local_vars(call, now, ("DIALSTATUS", "NOANSWER"))
         self._after_dial(call, now, "NOANSWER")
@@ -919,7 +910,7 @@ class CtiPbx(Pbx):
             self._caller_gone(call, now, via_ami=True)
             return True
         if call.ring is not None and chan in (call.ring.out, call.ring.dev):
-            self._dial_rejected(call, now)
+            self._dial_noanswer(call, now, cause=16)
         elif call.talking is not None and chan in (call.talking.out, call.talking.dev):
             self._dial_agent_hangup(call, now, via_ami=True)
         else:
