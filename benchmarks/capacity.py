@@ -163,6 +163,7 @@ def _settings(rate: float, agents: int, services_redis: str, mqtt_port: int, htt
         "redis": {"url": services_redis},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "http": {"host": "127.0.0.1", "port": http_port},
+        "auth": {"enabled": False},  # a token is checked once per connection: nothing per call to measure
         "agents": members,
         "directory": {"source": str(ROOT / "config" / "customers.yaml")},
         "sim": {"port": 0, "channel_style": "local", "calls_per_minute": rate * 60, "ring_s": 0.2,

@@ -26,6 +26,8 @@ from cti.agents import AgentRegistry
 from cti.agi import AgiServer, AgiSettings, FlowRegistry, IvrResult, customer_directory
 from cti.ami.client import AmiClient
 from cti.ami.codec import Message
+from cti.auth.store import TokenStore
+from cti.auth.web import AUTH, cors_middleware, require_agent
 from cti.config import Config
 from cti.directory.cache import CachedDirectory
 from cti.directory.importer import DirectoryImportError, load_customers
@@ -44,6 +46,7 @@ from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
 from cti.web.routes import WebState
 from cti.web.routing_api import routing_routes
+from cti.web.session_api import session_routes
 from ivr_flows import Flow, FlowError
 from routing.config import RoutingConfigError, load_routing_config
 
@@ -93,6 +96,7 @@ class CtiServer:
         self.flows: Mapping[str, Flow] = {}
         self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
         self.router: RoutingController | None = None  # CTI routing mode only
+        self.tokens: TokenStore | None = None  # None: auth.enabled is false
 
     async def __aenter__(self) -> CtiServer:
         try:
@@ -127,7 +131,12 @@ class CtiServer:
                 raise StartupError(f"customer directory not loaded: {exc}") from exc
         self.customers = await directory.count()
 
-        self.hub = WebSocketHub(agents=self.agents)
+        self.tokens = TokenStore(redis, key_prefix=cfg.redis.key_prefix) if cfg.auth.enabled else None
+        if self.tokens is None:
+            log.warning("auth.disabled", effect="anyone who reaches the web port reads every agent's events and "
+                        "every caller's record")
+        self.hub = WebSocketHub(agents=self.agents, allowed_origins=cfg.http.allowed_origins,
+                                authorize=require_agent)
         sinks: list[Sink] = [self.hub]
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(config=cfg.mqtt)
@@ -142,9 +151,13 @@ class CtiServer:
             on_event = self._route_calls(redis)
         self.ami = AmiClient(config=cfg.ami, on_event=on_event, on_connect=self.pipeline.on_connect)
 
-        extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ())]
+        extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ()),
+                 *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
-                                     customer_of=self.pipeline.customer_of), extra_routes=extra)
+                                     customer_of=self.pipeline.customer_of), extra_routes=extra,
+                            middlewares=[cors_middleware(cfg.http.allowed_origins)])
+        if self.tokens is not None:
+            app[AUTH] = self.tokens
         app.on_shutdown.append(lambda _app: self.hub.close_all())
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -365,8 +378,10 @@ def settle_heap() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def run_server(config: Config) -> None:
-    """The server; with ``sim.enabled`` the simulator stands in for Asterisk on ``sim.port``."""
+async def run_server(config: Config, *, demo: bool = False) -> None:
+    """The server; with ``sim.enabled`` the simulator stands in for Asterisk on ``sim.port``. ``demo``
+    issues a token for each agent and an admin and prints sign-in links (the demo's Redis is private
+    and thrown away on exit, so are the tokens)."""
     async with contextlib.AsyncExitStack() as stack:
         if config.sim.enabled:
             from cti.sim.runner import simulator_for
@@ -377,9 +392,15 @@ async def run_server(config: Config) -> None:
         server = await stack.enter_async_context(CtiServer(config))
         settle_heap()
         url = f"http://{config.http.host}:{server.http_port}/"
-        print(f"\n  CTI server: {url}\n  agent consoles: "
-              + "  ".join(f"{url}agents/{a.id}" for a in config.agents)
-              + f"\n  MQTT: mosquitto_sub -h {config.mqtt.host} -p {config.mqtt.port} "
+        links = {a.id: "" for a in config.agents}
+        overview = ""
+        if demo and server.tokens is not None:
+            overview = "#token=" + (await server.tokens.issue("demo-admin", "admin", label="cti demo"))[0]
+            for agent in config.agents:
+                links[agent.id] = "#token=" + (await server.tokens.issue(agent.id, "agent", label="cti demo"))[0]
+        print(f"\n  CTI server: {url}{overview}\n  agent consoles:\n"
+              + "".join(f"    {url}agents/{agent_id}{link}\n" for agent_id, link in links.items())
+              + f"  MQTT: mosquitto_sub -h {config.mqtt.host} -p {config.mqtt.port} "
               f"-t '{config.mqtt.topic_prefix}/#' -v\n", flush=True)
         await server.serve_forever()
 
@@ -394,4 +415,4 @@ async def run_demo(config: Config) -> None:
             "redis": config.redis.model_copy(update={"url": services.redis_url}),
             "mqtt": config.mqtt.model_copy(update={"host": "127.0.0.1", "port": services.mqtt_port}),
             "sim": config.sim.model_copy(update={"enabled": True}),
-        }))
+        }), demo=True)

@@ -571,12 +571,17 @@ def _server_url(config_path: Path | None, url: str | None) -> str:
 
 
 def _call_server(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One request to a running server's API; its JSON error becomes the message."""
+    """One request to a running server's API, with the token from ``CTI_TOKEN``; its JSON error
+    becomes the message."""
+    import os
     import urllib.error
     import urllib.request
 
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("CTI_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['CTI_TOKEN']}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return cast(dict[str, Any], json.loads(response.read()))
@@ -587,6 +592,8 @@ def _call_server(method: str, url: str, body: dict[str, Any] | None = None) -> d
             message = exc.reason
         if exc.code == 404 and "/state" in url and message == "Not Found":
             message = "this server does not route (routing.mode is observe)"
+        if exc.code == 401:
+            message += " - set CTI_TOKEN to a token from `cti token issue`"
         raise click.ClickException(f"{message} (HTTP {exc.code})") from None
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"no CTI server at {url}: {_one_line(exc)}") from None
@@ -635,7 +642,9 @@ def simulate(*, calls: int, agents: int, vip_share: float, seed: int, servers: i
 
 @main.group()
 def agent() -> None:
-    """Set an agent's routing state on a running server (CTI routing mode)."""
+    """Set an agent's routing state on a running server (CTI routing mode).
+
+    The server needs a token (CTI_TOKEN): the agent's own, or a supervisor's."""
 
 
 def _set_state(agent_id: str, state: str, reason: str | None, config_path: Path | None, url: str | None) -> None:
@@ -698,6 +707,119 @@ def explain(call_id: str, as_json: bool, config_path: Path | None, url: str | No
         for p in t["agents_passed"]:
             click.echo(f"  not {p['id']}: {p['reason']}")
 
+
+def _on_redis(config: Config, action: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``action(redis client)`` against the config's Redis; an unreachable Redis is one clear line."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    url = _redacted(config.redis.url)
+
+    async def run() -> Any:
+        try:
+            client = aioredis.from_url(config.redis.url, socket_connect_timeout=5, socket_timeout=30)
+        except ValueError as exc:
+            raise click.ClickException(f"redis.url {url} is not a Redis URL ({_one_line(exc)})") from None
+        try:
+            return await action(client)
+        except (RedisError, OSError) as exc:
+            raise click.ClickException(f"Redis at {url}: {_one_line(exc)} (redis.url in the config, or "
+                                       f"CTI_REDIS__URL)") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    return asyncio.run(run())
+
+
+@main.group()
+def token() -> None:
+    """Tokens for agents' clients, supervisors and admins, kept hashed in Redis (redis.url).
+
+    An agent's token reads only that agent's events, calls and commands (HTTP, WebSocket, and MQTT once
+    `cti mqtt-acl` has written the broker's files); a supervisor's reads every agent's; an admin's may
+    also issue and revoke tokens over the API. A token is shown once, when issued."""
+
+
+@token.command("issue")
+@click.argument("subject")
+@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]), default="agent", show_default=True)
+@click.option("--label", default="", help="what it is for (a desk, a softphone), shown by `cti token list`")
+@config_option
+def token_issue(subject: str, role: str, label: str, config_path: Path | None) -> None:
+    """Issue a token for SUBJECT: an agent id (role agent) or a login name (supervisor, admin)."""
+    from cti.auth.store import TokenStore
+
+    config = _load(config_path)
+    agent_ids = {a.id for a in config.agents}
+    if role == "agent" and subject not in agent_ids:
+        raise click.ClickException(f"no agent {subject!r} in the config (agents: {', '.join(sorted(agent_ids))})")
+    if role != "agent" and subject in agent_ids:
+        raise click.ClickException(f"{subject!r} is an agent id: a {role}'s login must differ (both are MQTT users)")
+
+    async def issue(redis: Any) -> tuple[str, Any]:
+        return await TokenStore(redis, key_prefix=config.redis.key_prefix).issue(subject, role, label=label)  # type: ignore[arg-type]
+
+    try:
+        secret, record = _on_redis(config, issue)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"issued token {record.id} for {role} {subject}: keep it secret, it is not shown again", err=True)
+
+
+@token.command("list")
+@config_option
+def token_list(config_path: Path | None) -> None:
+    """Every token: id, role, subject, when issued, label (never the secret)."""
+    import time
+
+    from cti.auth.store import TokenStore
+
+    config = _load(config_path)
+
+    async def records(redis: Any) -> list[Any]:
+        return await TokenStore(redis, key_prefix=config.redis.key_prefix).records()
+
+    for r in _on_redis(config, records):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))
+        click.echo(f"{r.id}  {r.role:<10} {r.subject:<20} {when}  {r.label}")
+
+
+@token.command("revoke")
+@click.argument("token_ids", nargs=-1, metavar="[ID]...")
+@click.option("--subject", default=None, help="revoke every token of this agent or login")
+@config_option
+def token_revoke(token_ids: tuple[str, ...], subject: str | None, config_path: Path | None) -> None:
+    """Revoke tokens by id, or all of one subject. Effective at once on new connections (within 5 s on
+    other servers); run `cti mqtt-acl` again and reload mosquitto for MQTT."""
+    from cti.auth.store import TokenStore
+
+    if not token_ids and subject is None:
+        raise click.UsageError("name token ids, or --subject")
+    config = _load(config_path)
+
+    async def revoke(redis: Any) -> list[str]:
+        store = TokenStore(redis, key_prefix=config.redis.key_prefix)
+        missing = [t for t in token_ids if not await store.revoke(t)]
+        if subject is not None:
+            click.echo(f"revoked {await store.revoke_subject(subject)} token(s) of {subject}")
+        return missing
+
+    missing = _on_redis(config, revoke)
+    if token_ids:
+        click.echo(f"revoked {len(token_ids) - len(missing)} token(s)")
+    if missing:
+        raise click.ClickException(f"no such token: {', '.join(missing)}")
+
+
+def _register_mqtt_acl() -> None:
+    from cti.auth.mqtt_acl import mqtt_acl_command
+
+    main.add_command(mqtt_acl_command)
+
+
+_register_mqtt_acl()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

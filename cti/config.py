@@ -71,6 +71,9 @@ class MqttConfig(_Model):
     password: SecretStr | None = None
     topic_prefix: str = "cti/v1"
     client_id: str = "cti-server"
+    public_host: str | None = Field(None, description="the broker's address as agents' clients reach it "
+                                    "(GET /api/client-config); default: the host the client used for the web server")
+    public_port: int | None = Field(None, ge=1, le=65535, description="default: port")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -83,6 +86,27 @@ class MqttConfig(_Model):
 class HttpConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="pages on these origins (scheme://host[:port], e.g. a CRM that embeds the agent client) may "
+        "call the API and open agents' WebSockets with a token; the server's own pages always may")
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") \
+                    or parts.query or parts.fragment or "*" in origin:
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path, no wildcard")
+        return [o.rstrip("/") for o in v]
+
+
+class AuthConfig(_Model):
+    """Tokens (``cti token issue``) on every API call and WebSocket. Off only for a private development box:
+    then anyone who reaches the port reads every caller's record."""
+
+    enabled: bool = True
 
 
 class AgentConfig(_Model):
@@ -261,6 +285,7 @@ class Config(_Model):
     redis: RedisConfig = RedisConfig()
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
+    auth: AuthConfig = AuthConfig()
     agents: list[AgentConfig] = []
     directory: DirectoryConfig = DirectoryConfig()
     sim: SimConfig = SimConfig()

@@ -6,6 +6,8 @@ touching whatever the machine already runs, so each gets private ones here.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -16,18 +18,28 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DevServices", "ServiceError", "dev_services", "free_port", "mosquitto", "redis_server"]
+__all__ = ["DevServices", "ServiceError", "dev_services", "free_port", "mosquitto", "mosquitto_secured",
+           "redis_server"]
 
 _SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+
+
+#: The demo's broker listens here when the port is free, so a client configured once keeps working
+#: across demo restarts (``GET /api/client-config`` says where it is either way).
+DEMO_MQTT_PORT = 18830
 
 
 class ServiceError(RuntimeError):
     """A helper service is not installed or did not start."""
 
 
-def free_port() -> int:
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` if it is free on 127.0.0.1 (the demo's stable ports), else any free port."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
@@ -82,11 +94,26 @@ def redis_server(workdir: Path, port: int | None = None, *, persist: bool = Fals
 
 
 @contextmanager
-def mosquitto(workdir: Path) -> Iterator[int]:
+def mosquitto(workdir: Path, preferred_port: int = 0) -> Iterator[int]:
     """A mosquitto broker on a free 127.0.0.1 port, anonymous, no persistence; yields its port."""
-    port = free_port()
+    port = free_port(preferred_port)
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    with _process([_binary("mosquitto", "mosquitto"), "-c", str(conf)], port, "mosquitto", workdir):
+        yield port
+
+
+@contextmanager
+def mosquitto_secured(workdir: Path, passwd: Path, acl: Path) -> Iterator[int]:
+    """As :func:`mosquitto`, but only the users in ``passwd`` (no anonymous), limited by ``acl``; yields its port.
+
+    It runs as the user who starts it (not ``mosquitto``, when that is root), so it can read files that user
+    wrote with mode 0600. Its pid is in ``workdir/mosquitto.pid``: SIGHUP it to reread both files."""
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
+                    f"password_file {passwd.resolve()}\nacl_file {acl.resolve()}\n"
+                    f"pid_file {(workdir / 'mosquitto.pid').resolve()}\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
     with _process([_binary("mosquitto", "mosquitto"), "-c", str(conf)], port, "mosquitto", workdir):
         yield port
 
@@ -103,5 +130,5 @@ def dev_services() -> Iterator[DevServices]:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cti-dev-")))
         url = stack.enter_context(redis_server(workdir))
-        port = stack.enter_context(mosquitto(workdir))
+        port = stack.enter_context(mosquitto(workdir, DEMO_MQTT_PORT))
         yield DevServices(redis_url=url, mqtt_port=port, workdir=workdir)

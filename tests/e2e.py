@@ -36,6 +36,7 @@ def make_config(*, redis_url: str, mqtt_port: int, **sim: Any) -> Config:
         "redis": {"url": redis_url, "key_prefix": f"t{uuid.uuid4().hex[:8]}:"},  # each test its own keys
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "http": {"host": "127.0.0.1", "port": 0},
+        "auth": {"enabled": False},  # tests/test_auth_web.py runs the server with tokens
         "agents": [a.model_dump() for a in AGENTS],
         "directory": {"source": str(ROOT / "config" / "customers.yaml")},
         "sim": {"enabled": True, "port": 0, "calls_per_minute": 0, "ring_s": 0.3, "mean_talk_s": 60,

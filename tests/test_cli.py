@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,28 @@ def test_simulate_prints_one_json_summary_with_the_invariants() -> None:
     for tier in summary["tiers"].values():
         assert {"offered", "answered", "abandoned", "service_level", "mean_wait_s", "p90_wait_s",
                 "max_wait_s"} <= set(tier)
+
+
+def test_token_issue_list_revoke(tmp_path: Path, redis_url: str) -> None:
+    config = tmp_path / "cti.yaml"
+    config.write_text(f"redis:\n  url: {redis_url}\n  key_prefix: 'tok{uuid.uuid4().hex[:6]}:'\n"
+                      "agents:\n  - {id: alice, name: Alice, interface: PJSIP/1001}\n")
+    runner = CliRunner()
+    refused = runner.invoke(main, ["token", "issue", "mallory", "-c", str(config)])
+    assert refused.exit_code == 1 and "no agent 'mallory'" in refused.output
+    clash = runner.invoke(main, ["token", "issue", "alice", "--role", "supervisor", "-c", str(config)])
+    assert clash.exit_code == 1 and "is an agent id" in clash.output
+    issued = runner.invoke(main, ["token", "issue", "alice", "--label", "desk 4", "-c", str(config)])
+    assert issued.exit_code == 0, issued.output
+    token = issued.stdout.strip()
+    assert token.startswith("cti_") and "not shown again" in issued.stderr
+    listed = runner.invoke(main, ["token", "list", "-c", str(config)])
+    [line] = listed.stdout.splitlines()
+    token_id = token.split("_")[1]
+    assert line.startswith(token_id) and "agent" in line and "alice" in line and "desk 4" in line
+    assert token not in listed.output, "a token is shown once, when issued"
+    gone = runner.invoke(main, ["token", "revoke", token_id, "-c", str(config)])
+    assert gone.exit_code == 0 and "revoked 1 token(s)" in gone.stdout
+    again = runner.invoke(main, ["token", "revoke", token_id, "-c", str(config)])
+    assert again.exit_code == 1 and f"no such token: {token_id}" in again.output
+    assert runner.invoke(main, ["token", "list", "-c", str(config)]).stdout == ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Collection, Container
+from collections.abc import Awaitable, Callable, Collection, Container
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
@@ -58,10 +58,12 @@ class _Conn:
 class WebSocketHub:
     """A :class:`~cti.push.notifier.Sink` holding every agent's open sockets.
 
-    ``allowed_origins`` guards against cross-site WebSocket hijacking: a browser
-    page on another site cannot open an agent's socket.  When it is None, a
-    request carrying an ``Origin`` must be same-origin (its host equals ``Host``);
-    non-browser clients send no ``Origin`` and are let through.
+    The ``Origin`` check guards against cross-site WebSocket hijacking: a browser
+    page on another site cannot open an agent's socket. A request carrying an
+    ``Origin`` must be same-origin (its host equals ``Host``) or listed in
+    ``allowed_origins`` (a CRM page that embeds the client); non-browser clients
+    send no ``Origin`` and are let through. ``authorize`` (the token check, which
+    raises an HTTP error) runs before the upgrade; None lets everyone in.
     """
 
     def __init__(
@@ -71,13 +73,15 @@ class WebSocketHub:
         send_timeout: float = 5.0,
         max_queue: int = 1000,
         heartbeat: float = 20.0,
-        allowed_origins: Collection[str] | None = None,
+        allowed_origins: Collection[str] = (),
+        authorize: Callable[[web.Request, str], Awaitable[object]] | None = None,
     ) -> None:
         self._agents = agents  # the server's AgentRegistry: one list of agents for every part
         self._send_timeout = send_timeout
         self._max_queue = max_queue
         self._heartbeat = heartbeat
-        self._origins = frozenset(o.rstrip("/") for o in allowed_origins) if allowed_origins is not None else None
+        self._origins = frozenset(o.rstrip("/") for o in allowed_origins)
+        self._authorize = authorize
         self._conns: dict[str, set[_Conn]] = {}
         self.slow_closed = 0
 
@@ -101,9 +105,7 @@ class WebSocketHub:
         origin = request.headers.get("Origin")
         if origin is None:
             return True
-        if self._origins is not None:
-            return origin.rstrip("/") in self._origins
-        return urlsplit(origin).netloc.lower() == request.host.lower()
+        return origin.rstrip("/") in self._origins or urlsplit(origin).netloc.lower() == request.host.lower()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         agent = request.match_info["agent"]
@@ -114,6 +116,8 @@ class WebSocketHub:
             log.warning("ws.origin_refused", agent=agent, origin=request.headers.get("Origin"))
             return web.json_response({"error_id": "origin-not-allowed", "message": "origin not allowed",
                                       "details": {"origin": request.headers.get("Origin")}}, status=403)
+        if self._authorize is not None:
+            await self._authorize(request, agent)
         # No permessage-deflate: a pop is a couple of KiB on a LAN, and zlib per frame per socket would be
         # the biggest cost of a push (browsers always offer it; aiohttp accepts it by default).
         ws = web.WebSocketResponse(heartbeat=self._heartbeat, compress=False)

@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import cti.metrics  # noqa: F401 - registers the cti_* metrics that /metrics serves
 from cti.agents import AgentRegistry
+from cti.auth.tokens import Principal
+from cti.auth.web import principal as who_asks
 from cti.config import AgentConfig
 from cti.model.reducer import CallModel
 
@@ -96,15 +98,32 @@ async def agent_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "agent.html")
 
 
+def _involves(call: dict[str, Any], agent_id: str, ringing: set[str]) -> bool:
+    """An agent's token sees the calls they are on, were on, or that ring them now."""
+    return (call["linkedid"] in ringing or call.get("current_agent_id") == agent_id
+            or any(s.get("agent_id") == agent_id for s in call.get("segments") or ()))
+
+
 async def api_calls(request: web.Request) -> web.Response:
+    """Every live call (supervisors), or only the caller's own (an agent's token): customer records
+    are personal data, so an agent never reads another agent's callers."""
+    who: Principal = await who_asks(request)
     state = request.app[STATE]
     snapshot = state.model.snapshot()
+    if not who.sees_all:
+        agent_id = who.subject
+        ringing = {c.linkedid for c in state.model.calls.values()
+                   if any(o.agent_id == agent_id for o in c.offers.values())}
+        snapshot["calls"] = [c for c in snapshot["calls"] if _involves(c, agent_id, ringing)]
+        snapshot["members"] = [m for m in snapshot["members"] if m.get("agent_id") == agent_id]
     for call in snapshot["calls"]:
         call["customer"] = state.customer_of(call["linkedid"])
     return web.json_response(snapshot)
 
 
 async def api_agents(request: web.Request) -> web.Response:
+    """Names and ids of every agent: any signed-in client may list colleagues (transfer targets)."""
+    await who_asks(request)
     agents = request.app[STATE].agents
     return web.json_response([{"id": a.id, "name": a.name, "interface": a.interface} for a in agents])
 
@@ -118,8 +137,9 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_web_app(state: WebState, *, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
-    app = web.Application(middlewares=[not_found_pages])
+def build_web_app(state: WebState, *, extra_routes: Sequence[web.RouteDef] = (),
+                  middlewares: Sequence[Any] = ()) -> web.Application:
+    app = web.Application(middlewares=[*middlewares, not_found_pages])
     app[STATE] = state
     app.add_routes([
         web.get("/", index),

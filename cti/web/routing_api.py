@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from cti.auth.web import require, require_agent
 from cti.router.agent_state import AgentStateError, UnknownAgentError
 from cti.router.controller import Explanation
 from routing.trace import Trace
@@ -53,6 +54,7 @@ def jsonable(value: Any) -> Any:
 def routing_routes(control: AgentControl) -> list[web.RouteDef]:
     async def set_state(request: web.Request) -> web.Response:
         agent = request.match_info["agent"]
+        await require_agent(request, agent)
         try:
             body = await request.json()
         except ValueError:
@@ -82,6 +84,7 @@ def routing_routes(control: AgentControl) -> list[web.RouteDef]:
 
     async def explain(request: web.Request) -> web.Response:
         call_id = request.match_info["call"]
+        await require(request, "supervisor", "admin")  # other agents' calls, and why they were passed over
         decisions = [{"at_ms": e.at_ms, "agent": e.agent, "side": e.side, "trace": jsonable(e.trace)}
                      for e in control.explain(call_id)]
         waiting = await control.why_waiting(call_id)

@@ -4,8 +4,6 @@
 const agent = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const $ = (sel, root = document) => root.querySelector(sel);
 $("#agent").textContent = agent;
-let lastSeq = 0;
-let frameError = null;  // shown until a good frame arrives
 
 function setText(root, sel, value) { $(sel, root).textContent = value ?? "—"; }
 
@@ -47,49 +45,58 @@ function logLine(env) {
 }
 
 // Opened mid-call (a reload, a second screen): show the call this agent is on from the live model.
-async function currentCall() {
+async function currentCall(cti) {
   try {
-    const state = await fetch("/api/calls").then(r => r.json());
+    const state = await cti.api("/api/calls");
     const call = state.calls.find(c => c.current_agent_id === agent);
-    if (call && lastSeq === 0) showPop({type: "call.answered", payload: call});
+    if (call && cti.lastSeq === 0) showPop({type: "call.answered", payload: call});
   } catch (e) { /* the WebSocket brings the next event anyway */ }
 }
 
-function connect() {
-  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/agents/" + encodeURIComponent(agent));
-  ws.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "badge on"; };
-  ws.onclose = () => {
-    $("#conn").textContent = (frameError ? frameError + " — " : "") + "reconnecting…";
-    $("#conn").className = "badge off";
-    setTimeout(connect, 1000);
-  };
-  ws.onmessage = (m) => {
-    let env;
-    try {
-      env = JSON.parse(m.data);
-      if (!env || typeof env.type !== "string") throw new Error("no event type");
-    } catch (e) {
-      // Never swallow a frame: say so, and start again from a fresh connection and /api/calls.
-      frameError = "unreadable event (" + e.message + ")";
-      console.error("unreadable frame", m.data, e);
-      lastSeq = 0;
-      ws.close();
-      currentCall();
-      return;
-    }
-    frameError = null;
-    if (env.type === "hello") return;
-    if (env.seq && lastSeq && env.seq > lastSeq + 1) console.warn("missed events", lastSeq + 1, "to", env.seq - 1);
-    lastSeq = Math.max(lastSeq, env.seq || 0);
-    logLine(env);
-    if (env.type === "agent.state") {
-      const st = env.payload;
-      $("#state").textContent = st.paused ? "paused" + (st.paused_reason ? " (" + st.paused_reason + ")" : "")
-        : st.status.replace(/_/g, " ") + (st.paused_in && st.paused_in.length ? " · paused in " + st.paused_in.join(", ") : "");
-      return;
-    }
-    showPop(env);
+function onEvent(env) {
+  logLine(env);
+  if (env.type === "agent.state") {
+    const st = env.payload;
+    $("#state").textContent = st.paused ? "paused" + (st.paused_reason ? " (" + st.paused_reason + ")" : "")
+      : st.status.replace(/_/g, " ") + (st.paused_in && st.paused_in.length ? " · paused in " + st.paused_in.join(", ") : "");
+    return;
+  }
+  showPop(env);
+}
+
+// Signed in with a token: the agent's own, or a supervisor's (who may open any agent's console).
+async function start(token) {
+  const cti = new CtiClient({token, agent, onEvent,
+    onStatus: (s) => {
+      $("#conn").textContent = s.live ? (s.error || "live") : "reconnecting…";
+      $("#conn").className = "badge " + (s.live && !s.error ? "on" : "off");
+    },
+    onGap: (from, to) => { console.warn("missed events", from, "to", to); currentCall(cti); }});
+  try {
+    const me = await cti.api("/api/me");
+    if (me.role === "agent" && me.subject !== agent) throw new Error("this token is " + me.subject + "'s, not " + agent + "'s");
+    $("#who").textContent = "signed in as " + me.subject + (me.role === "agent" ? "" : " (" + me.role + ")");
+  } catch (e) {
+    CtiClient.forgetToken();
+    signIn(e.status === 401 ? "That token was not accepted." : e.message);
+    return;
+  }
+  $("#signin").hidden = true;
+  cti.connect();
+  currentCall(cti);
+}
+
+function signIn(problem) {
+  $("#signin").hidden = false;
+  $("#signin-error").textContent = problem || "";
+  $("#signin").onsubmit = (ev) => {
+    ev.preventDefault();
+    const token = $("#token").value.trim();
+    if (!token) return;
+    CtiClient.rememberToken(token);
+    start(token);
   };
 }
-connect();
-currentCall();
+
+const token = CtiClient.tokenFromPage();
+if (token) start(token); else signIn();
