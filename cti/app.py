@@ -37,6 +37,7 @@ from cti.model.reducer import CallModel
 from cti.model_store import ModelStore
 from cti.pipeline import EventPipeline
 from cti.push.envelope import RedisSequencer
+from cti.push.history import AgentViews, RedisHistory
 from cti.push.mqtt import MqttSink
 from cti.push.notifier import AgentNotifier, Sink
 from cti.push.ws import WebSocketHub
@@ -53,6 +54,10 @@ from routing.config import RoutingConfigError, load_routing_config
 __all__ = ["CtiServer", "StartupError", "run_demo", "run_server"]
 
 log = structlog.get_logger(__name__)
+
+
+#: How long a snapshot or a resume waits for the agent's events to be published and stored.
+CAUGHT_UP_S = 2.0
 
 
 class StartupError(Exception):
@@ -97,6 +102,8 @@ class CtiServer:
         self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
         self.router: RoutingController | None = None  # CTI routing mode only
         self.tokens: TokenStore | None = None  # None: auth.enabled is false
+        self.views = AgentViews()
+        self.history: RedisHistory
 
     async def __aenter__(self) -> CtiServer:
         try:
@@ -135,13 +142,16 @@ class CtiServer:
         if self.tokens is None:
             log.warning("auth.disabled", effect="anyone who reaches the web port reads every agent's events and "
                         "every caller's record")
+        self.history = RedisHistory(redis, key_prefix=cfg.redis.key_prefix)
         self.hub = WebSocketHub(agents=self.agents, allowed_origins=cfg.http.allowed_origins,
-                                authorize=require_agent)
-        sinks: list[Sink] = [self.hub]
+                                authorize=require_agent, missed=self._missed)
+        await self._restore_views()
+        sinks: list[Sink] = [self.views, self.hub]  # the views first: a snapshot is never behind a push
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(config=cfg.mqtt)
             sinks.append(self.mqtt)
-        self.notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks)
+        self.notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks,
+                                      history=self.history)
         self.store = ModelStore(redis, self.model, key_prefix=cfg.redis.key_prefix)
         self.model.restore(await self.store.load())  # a restart resumes the calls it had
         self.pipeline = EventPipeline(model=self.model, notifier=self.notifier, directory=self.customer_cache,
@@ -152,7 +162,7 @@ class CtiServer:
         self.ami = AmiClient(config=cfg.ami, on_event=on_event, on_connect=self.pipeline.on_connect)
 
         extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ()),
-                 *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens)]
+                 *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of), extra_routes=extra,
                             middlewares=[cors_middleware(cfg.http.allowed_origins)])
@@ -188,6 +198,34 @@ class CtiServer:
             await self._start_agi()
         log.info("server.started", http=f"http://{cfg.http.host}:{self.http_port}/",
                  ami=f"{cfg.ami.host}:{cfg.ami.port}", agents=len(cfg.agents))
+
+    async def _restore_views(self) -> None:
+        """A restarted server starts from each agent's stored events, so the first snapshot and resume
+        after a restart agree with what the clients were shown."""
+        for agent in self.agents:
+            try:
+                self.views.restore(agent.id, await self.history.tail(agent.id))
+            except (RedisError, OSError, ValueError, KeyError) as exc:
+                log.warning("push.view_not_restored", agent=agent.id, error=repr(exc))
+
+    async def _caught_up(self, agent: str) -> None:
+        try:
+            async with asyncio.timeout(CAUGHT_UP_S):
+                await self.notifier.caught_up(agent)
+        except TimeoutError:
+            raise web.HTTPServiceUnavailable(
+                text='{"error_id":"push-behind","message":"events are not being published (Redis away?)",'
+                     '"details":{}}', content_type="application/json") from None
+
+    async def _missed(self, agent: str, since: int) -> tuple[list[tuple[int, bytes]], bool]:
+        await self._caught_up(agent)
+        return await self.history.since(agent, since)
+
+    async def snapshot(self, agent: str) -> dict[str, Any]:
+        """What the agent's client should show, as of the ``seq`` it names (every event published and
+        stored up to it, none after)."""
+        await self._caught_up(agent)
+        return self.views.view(agent).snapshot(agent)
 
     def _route_calls(self, redis: aioredis.Redis) -> Callable[[Message], None]:
         """CTI routing mode: the controller sees every event right after the call model, so a CtiHold

@@ -166,3 +166,41 @@ async def test_a_client_that_stops_reading_only_delays_itself() -> None:
         stalled.close()
     finally:
         await runner.cleanup()
+
+
+async def test_resume_sends_what_was_missed_once_then_the_live_events(aiohttp_client: Any) -> None:
+    """Events published while the missed ones are read wait behind them; one that is both stored and
+    queued (it was published between the socket's registration and the read) is sent once."""
+    old = [Envelope(type="call.offered", agent="alice", seq=s) for s in (11, 12)]
+    live = [Envelope(type="call.updated", agent="alice", seq=s) for s in (13, 14)]
+    hub: WebSocketHub
+
+    async def missed(agent: str, since: int) -> tuple[list[tuple[int, bytes]], bool]:
+        assert (agent, since) == ("alice", 10)
+        hub.publish(live[0])  # published meanwhile, and already stored
+        stored = [*old, live[0]]
+        hub.publish(live[1])  # published meanwhile, stored too late for this read
+        return [(e.seq, e.body) for e in stored], True
+
+    hub = WebSocketHub(agents={"alice"}, missed=missed)
+    client = await _client(aiohttp_client, hub)
+    async with client.ws_connect("/ws/agents/alice?since=10") as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello["resume"] == {"since": 10, "replayed": 3, "complete": True}
+        got = [Envelope.from_json((await ws.receive(timeout=5)).data).seq for _ in range(4)]
+        assert got == [11, 12, 13, 14]
+        hub.publish(Envelope(type="call.ended", agent="alice", seq=15))
+        assert Envelope.from_json((await ws.receive(timeout=5)).data).seq == 15
+
+
+async def test_resume_without_history_says_incomplete_and_bad_since_is_refused(aiohttp_client: Any) -> None:
+    async def broken(agent: str, since: int) -> tuple[list[tuple[int, bytes]], bool]:
+        raise ConnectionError("redis away")
+
+    hub = WebSocketHub(agents={"alice"}, missed=broken)
+    client = await _client(aiohttp_client, hub)
+    async with client.ws_connect("/ws/agents/alice?since=3") as ws:
+        assert (await ws.receive_json(timeout=5))["resume"] == {"since": 3, "replayed": 0, "complete": False}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws/agents/alice?since=-1")
+    assert refused.value.status == 400

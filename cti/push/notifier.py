@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 256
 RETRY_S = 0.5
+STORE_TIMEOUT_S = 1.0
 
 
 class Sink(Protocol):
@@ -41,14 +42,27 @@ class _Job:
     on_sent: Callable[[Envelope], None] | None
 
 
-class AgentNotifier:
-    """Every transport gets the same envelope (same id and seq), so a client on two of them can dedupe."""
+class History(Protocol):
+    """Where published envelopes are kept for clients that reconnect (:class:`cti.push.history.RedisHistory`)."""
 
-    def __init__(self, *, sequencer: Sequencer, sinks: Sequence[Sink]) -> None:
+    async def append(self, envelopes: Sequence[Envelope]) -> None: ...
+
+
+class AgentNotifier:
+    """Every transport gets the same envelope (same id and seq), so a client on two of them can dedupe.
+
+    With a ``history``, each batch is stored right after it is published (so the pushes never wait on
+    it) and before the next batch; :meth:`caught_up` waits until an agent's events so far are published
+    and stored, which is what makes a snapshot or a resume consistent with a ``seq``."""
+
+    def __init__(self, *, sequencer: Sequencer, sinks: Sequence[Sink], history: History | None = None) -> None:
         self._sequencer = sequencer
         self._sinks = tuple(sinks)
+        self._history = history
         self._jobs: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
+        self._pending: dict[str, int] = {}  # per agent: submitted, not yet published and stored
+        self._batch_done = asyncio.Event()
 
     @property
     def backlog(self) -> int:
@@ -58,7 +72,13 @@ class AgentNotifier:
                on_sent: Callable[[Envelope], None] | None = None) -> None:
         """Queue an event for ``run()``; never blocks. ``on_sent`` sees the envelope once sinks have it."""
         self._jobs.append(_Job(agent_id, type, payload, on_sent))
+        self._pending[agent_id] = self._pending.get(agent_id, 0) + 1
         self._wakeup.set()
+
+    async def caught_up(self, agent_id: str) -> None:
+        """Return once every event submitted for the agent so far is published (and stored)."""
+        while self._pending.get(agent_id):
+            await self._batch_done.wait()
 
     async def run(self) -> None:
         jobs, wakeup = self._jobs, self._wakeup
@@ -78,6 +98,7 @@ class AgentNotifier:
                 continue
             for _ in batch:
                 jobs.popleft()
+            published: list[Envelope] = []
             for job, seq in zip(batch, seqs, strict=True):
                 try:
                     envelope = Envelope(type=job.type, agent=job.agent, seq=seq, payload=job.payload)
@@ -85,8 +106,34 @@ class AgentNotifier:
                     log.error("push.unencodable", agent=job.agent, event_type=job.type, seq=seq, error=str(exc))
                     continue
                 self._publish(envelope)
+                published.append(envelope)
                 if job.on_sent is not None:
                     job.on_sent(envelope)
+            if self._history is not None:
+                await self._store(published)
+            self._settle(batch)
+
+    async def _store(self, envelopes: list[Envelope]) -> None:
+        """Keep the batch for resumes; without Redis the pushes went out all the same, and a client that
+        reconnects is told its resume is incomplete (it re-reads the snapshot)."""
+        assert self._history is not None
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT_S):
+                await self._history.append(envelopes)
+        except Exception as exc:
+            raise_if_cancelling()
+            log.warning("push.history_failed", error=repr(exc), envelopes=len(envelopes))
+
+    def _settle(self, batch: list[_Job]) -> None:
+        pending = self._pending
+        for job in batch:
+            left = pending[job.agent] - 1
+            if left:
+                pending[job.agent] = left
+            else:
+                del pending[job.agent]
+        done, self._batch_done = self._batch_done, asyncio.Event()
+        done.set()
 
     async def notify(self, agent_id: str, type: str, payload: dict[str, Any]) -> Envelope:
         """Publish one event now and return its envelope (tools and tests; the server uses submit)."""

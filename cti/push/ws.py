@@ -27,9 +27,22 @@ __all__ = ["WS_PATH", "WebSocketHub"]
 log = structlog.get_logger(__name__)
 
 WS_PATH: Final = "/ws/agents/{agent}"
+#: What an agent missed after a sequence number: the envelopes (seq, UTF-8 JSON) and whether that is all.
+Missed = Callable[[str, int], Awaitable[tuple[list[tuple[int, bytes]], bool]]]
 #: aiohttp's WebSocket writer waits only while the transport is paused (past its 64 KiB high-water
 #: mark); a frame that leaves the buffer well below that is written at once and needs no timer.
 _NO_WAIT_BELOW: Final = 32 * 1024
+
+
+def _since(request: web.Request) -> int | None:
+    """``?since=N``: the last ``seq`` the client saw; a bad value is the client's error (400)."""
+    raw = request.query.get("since")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise web.HTTPBadRequest(text='{"error_id":"bad-since","message":"since must be a sequence number",'
+                                 '"details":{}}', content_type="application/json")
+    return int(raw)
 
 
 def text_frame(body: bytes) -> bytes:
@@ -53,6 +66,7 @@ class _Conn:
     queue: deque[tuple[bytes, int]] = field(default_factory=deque)  # (UTF-8 JSON, seq)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     closing: bool = False
+    replaying: bool = False  # sending what it missed: live frames wait in the queue meanwhile
 
 
 class WebSocketHub:
@@ -75,6 +89,7 @@ class WebSocketHub:
         heartbeat: float = 20.0,
         allowed_origins: Collection[str] = (),
         authorize: Callable[[web.Request, str], Awaitable[object]] | None = None,
+        missed: Missed | None = None,
     ) -> None:
         self._agents = agents  # the server's AgentRegistry: one list of agents for every part
         self._send_timeout = send_timeout
@@ -82,6 +97,7 @@ class WebSocketHub:
         self._heartbeat = heartbeat
         self._origins = frozenset(o.rstrip("/") for o in allowed_origins)
         self._authorize = authorize
+        self._missed = missed
         self._conns: dict[str, set[_Conn]] = {}
         self.slow_closed = 0
 
@@ -118,15 +134,21 @@ class WebSocketHub:
                                       "details": {"origin": request.headers.get("Origin")}}, status=403)
         if self._authorize is not None:
             await self._authorize(request, agent)
+        since = _since(request)
         # No permessage-deflate: a pop is a couple of KiB on a LAN, and zlib per frame per socket would be
         # the biggest cost of a push (browsers always offer it; aiohttp accepts it by default).
         ws = web.WebSocketResponse(heartbeat=self._heartbeat, compress=False)
         await ws.prepare(request)
-        await ws.send_json({"type": "hello", "agent": agent, "v": VERSION})
-        # Registered after the hello, so the hello is always the first frame.
-        conn = _Conn(agent, ws, request)
+        # Registered before the missed events are read, so nothing published meanwhile is lost; live
+        # frames wait in its queue until the hello and the replay are out.
+        conn = _Conn(agent, ws, request, replaying=True)
         self._conns.setdefault(agent, set()).add(conn)
-        log.info("ws.connected", agent=agent, peer=request.remote, sockets=self.connections(agent))
+        try:
+            await self._hello(conn, since)
+        except BaseException:
+            self._forget(conn)
+            raise
+        log.info("ws.connected", agent=agent, peer=request.remote, sockets=self.connections(agent), since=since)
         try:
             async with asyncio.TaskGroup() as group:
                 writer = group.create_task(self._writer(conn), name=f"cti.ws.writer.{agent}")
@@ -139,6 +161,27 @@ class WebSocketHub:
             self._forget(conn)
             log.info("ws.disconnected", agent=agent, peer=request.remote, code=ws.close_code)
         return ws
+
+    async def _hello(self, conn: _Conn, since: int | None) -> None:
+        """The hello first, then (``?since=N``) every stored event after N, then the live ones not yet sent."""
+        hello: dict[str, object] = {"type": "hello", "agent": conn.agent, "v": VERSION}
+        frames: list[tuple[int, bytes]] = []
+        if since is not None:
+            complete = False
+            if self._missed is not None:
+                try:
+                    frames, complete = await self._missed(conn.agent, since)
+                except Exception as exc:  # Redis away: the client is told to re-read its snapshot
+                    log.warning("ws.resume_failed", agent=conn.agent, since=since, error=repr(exc))
+            hello["resume"] = {"since": since, "replayed": len(frames), "complete": complete}
+        await conn.ws.send_json(hello)
+        last = since or 0
+        for seq, body in frames:
+            await conn.ws.send_frame(body, WSMsgType.TEXT)
+            last = max(last, seq)
+        conn.queue = deque(item for item in conn.queue if item[1] > last)
+        conn.replaying = False
+        conn.ready.set()
 
     def _forget(self, conn: _Conn) -> None:
         conns = self._conns.get(conn.agent)
@@ -162,7 +205,7 @@ class WebSocketHub:
                             why="queue_full")
                 self._close_slow(conn)
                 continue
-            if not conn.queue and self._write_now(conn, text):
+            if not conn.queue and not conn.replaying and self._write_now(conn, text):
                 continue
             conn.queue.append((text, envelope.seq))
             conn.ready.set()

@@ -7,7 +7,7 @@ shell on the server (``cti token`` does the same against Redis directly).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from cti.agents import AgentRegistry
 from cti.auth.store import TokenStore
 from cti.auth.tokens import ROLES, TokenRecord
-from cti.auth.web import principal, require
+from cti.auth.web import principal, require, require_agent
 from cti.config import MqttConfig
 from cti.push.ws import WS_PATH
 
@@ -35,6 +35,7 @@ def token_view(record: TokenRecord) -> dict[str, Any]:
 
 
 def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: TokenStore | None,
+                   snapshot: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
                    ws_base: Callable[[web.Request], str] | None = None) -> list[web.RouteDef]:
     def websocket_base(request: web.Request) -> str:
         if ws_base is not None:
@@ -61,8 +62,7 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
             "websocket": {"url": websocket_base(request) + WS_PATH.replace("{agent}", one),
                           "auth": "Authorization: Bearer <token>, or ?token=<token> from a browser",
                           "resume": "?since=<last seq seen>"},
-            "http": {"snapshot": f"/api/agents/{one}/snapshot", "commands": f"/api/agents/{one}/commands",
-                     "calls": "/api/calls"},
+            "http": {"snapshot": f"/api/agents/{one}/snapshot", "calls": "/api/calls", "me": "/api/me"},
             "mqtt": None,
         }
         if mqtt is not None and mqtt.enabled:
@@ -71,11 +71,21 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
                 "host": mqtt.public_host or urlsplit(f"//{request.host}").hostname or mqtt.host,
                 "port": mqtt.public_port or mqtt.port,
                 "username": agent_id or who.subject, "password": "<your token>",
-                "topics": {"events": f"{prefix}/events", "state": f"{prefix}/state",
-                           "commands": f"{prefix}/commands"},
+                "topics": {"events": f"{prefix}/events", "state": f"{prefix}/state"},
                 "qos": 1,
             }
         return web.json_response(body)
+
+    async def agent_snapshot(request: web.Request) -> web.Response:
+        """The agent's state, ringing offers and calls up, consistent with ``seq``: show it, then resume
+        the WebSocket with ``?since=<seq>``."""
+        agent_id = request.match_info["agent"]
+        await require_agent(request, agent_id)
+        if agent_id not in agents:
+            return _error(404, "no-such-agent", "unknown agent", agent=agent_id)
+        if snapshot is None:
+            return _error(404, "not-found", "no snapshots on this server")
+        return web.json_response(await snapshot(agent_id))
 
     async def list_tokens(request: web.Request) -> web.Response:
         await require(request, "admin")
@@ -120,5 +130,6 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
         return web.json_response({"revoked": token_id})
 
     return [web.get("/api/me", me), web.get("/api/client-config", client_config),
+            web.get("/api/agents/{agent}/snapshot", agent_snapshot),
             web.get("/api/tokens", list_tokens), web.post("/api/tokens", issue_token),
             web.delete("/api/tokens/{id}", revoke_token)]
