@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from cti.ami.client import AmiClient
 from cti.ami.codec import Message
 from cti.auth.store import TokenStore
 from cti.auth.web import AUTH, cors_middleware, require_agent
+from cti.commands import CommandError, CommandExecutor, RedisDispositions, parse_command
 from cti.config import Config
 from cti.directory.cache import CachedDirectory
 from cti.directory.importer import DirectoryImportError, load_customers
@@ -45,6 +47,7 @@ from cti.router.controller import RoutingController
 from cti.router.store import RouterStore
 from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
+from cti.web.commands_api import command_routes
 from cti.web.routes import WebState
 from cti.web.routing_api import routing_routes
 from cti.web.session_api import session_routes
@@ -102,6 +105,7 @@ class CtiServer:
         self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
         self.router: RoutingController | None = None  # CTI routing mode only
         self.tokens: TokenStore | None = None  # None: auth.enabled is false
+        self.commands: CommandExecutor
         self.views = AgentViews()
         self.history: RedisHistory
 
@@ -144,7 +148,7 @@ class CtiServer:
                         "every caller's record")
         self.history = RedisHistory(redis, key_prefix=cfg.redis.key_prefix)
         self.hub = WebSocketHub(agents=self.agents, allowed_origins=cfg.http.allowed_origins,
-                                authorize=require_agent, missed=self._missed)
+                                authorize=require_agent, missed=self._missed, commands=self._ws_command)
         await self._restore_views()
         sinks: list[Sink] = [self.views, self.hub]  # the views first: a snapshot is never behind a push
         if cfg.mqtt.enabled:
@@ -160,9 +164,14 @@ class CtiServer:
         if cfg.routing.mode == "cti":
             on_event = self._route_calls(redis)
         self.ami = AmiClient(config=cfg.ami, on_event=on_event, on_connect=self.pipeline.on_connect)
+        self.commands = CommandExecutor(agents=self.agents, model=self.model, actions=_Later(lambda: self.ami),
+                                        config=cfg.commands, states=self.router,
+                                        dispositions=RedisDispositions(redis, key_prefix=cfg.redis.key_prefix),
+                                        hold_context=cfg.routing.hold_context)
 
         extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ()),
-                 *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot)]
+                 *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot),
+                 *command_routes(self.run_command)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of), extra_routes=extra,
                             middlewares=[cors_middleware(cfg.http.allowed_origins)])
@@ -226,6 +235,28 @@ class CtiServer:
         stored up to it, none after)."""
         await self._caught_up(agent)
         return self.views.view(agent).snapshot(agent)
+
+    async def run_command(self, agent: str, data: Any) -> tuple[int, dict[str, Any]]:
+        """One agent command from any transport: done or refused, and the agent told either way."""
+        command_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
+        try:
+            result = await self.commands.execute(agent, parse_command(data))
+        except CommandError as exc:
+            log.info("command.refused", agent=agent, error_id=exc.error_id, why=str(exc))
+            body = {"ok": False, "id": command_id, **exc.body()}
+            if exc.error_id != "no-such-agent":
+                self.notifier.submit(agent, "command.result", body)
+            return exc.status, body
+        body = {"ok": True, **result}
+        self.notifier.submit(agent, "command.result", body)
+        return 200, body
+
+    async def _ws_command(self, agent: str, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        await self.run_command(agent, data)
 
     def _route_calls(self, redis: aioredis.Redis) -> Callable[[Message], None]:
         """CTI routing mode: the controller sees every event right after the call model, so a CtiHold

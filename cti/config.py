@@ -102,6 +102,20 @@ class HttpConfig(_Model):
         return [o.rstrip("/") for o in v]
 
 
+class CommandsConfig(_Model):
+    """Agents' call control (``POST /api/agents/{id}/commands``, WebSocket frames): where Asterisk
+    sends a dialled or transferred call, and the disposition codes agents may set."""
+
+    dial_context: str = Field("from-internal", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                              description="click-to-dial and transfers to a number: Originate / Redirect here")
+    transfer_context: str = Field("from-internal", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                  description="blind transfers to an agent: to their extension in this context")
+    dial_timeout_s: float = Field(30.0, gt=0, le=300, description="how long click-to-dial rings the agent's phone")
+    dispositions: list[str] = Field(
+        default_factory=lambda: ["resolved", "follow_up", "escalated", "wrong_number", "sales_lead"],
+        description="the codes an agent may set on a call they took")
+
+
 class AuthConfig(_Model):
     """Tokens (``cti token issue``) on every API call and WebSocket. Off only for a private development box:
     then anyone who reaches the port reads every caller's record."""
@@ -286,6 +300,7 @@ class Config(_Model):
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
     auth: AuthConfig = AuthConfig()
+    commands: CommandsConfig = CommandsConfig()
     agents: list[AgentConfig] = []
     directory: DirectoryConfig = DirectoryConfig()
     sim: SimConfig = SimConfig()

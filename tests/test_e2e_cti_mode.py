@@ -216,3 +216,24 @@ async def test_an_agent_who_blind_transfers_the_caller_wraps_up_and_is_ready_aga
         await eventually_status(server, "alice", ("ready", None))
         record = next(r for r in sim.sim.pbx.records if r.get("cti"))
         assert record["cti"]["answered_by"] == "alice"
+
+
+async def test_agent_commands_drive_the_routing_state_and_refuse_illegal_steps(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    """CTI mode: the commands are the router's manual steps; a refusal names the current state."""
+    config = cti_config(redis_url, mqtt_port, tmp_path)
+    async with cti_running(config) as (_sim, server):
+        status, reply = await server.run_command("alice", {"command": "not_ready", "reason": "break"})
+        assert status == 200 and reply["state"] == "not_ready"
+        await eventually_status(server, "alice", ("not_ready", "break"))
+        status, reply = await server.run_command("alice", {"command": "not_ready", "reason": "nap"})
+        assert status == 400 and reply["error_id"] == "bad-reason"
+        status, reply = await server.run_command("alice", {"command": "logout"})
+        assert status == 200
+        await eventually_status(server, "alice", ("logged_out", None))
+        status, reply = await server.run_command("alice", {"command": "end_wrap_up"})
+        assert status == 409 and reply["error_id"] == "illegal-transition"
+        assert reply["details"]["current"] == "logged_out" and "logged_out" in reply["message"]
+        status, reply = await server.run_command("alice", {"command": "login"})
+        assert status == 200 and reply["state"] == "ready"
+        await eventually_status(server, "alice", ("ready", None))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Container
+from collections.abc import Awaitable, Callable, Collection, Container, Coroutine
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import structlog
@@ -90,6 +90,7 @@ class WebSocketHub:
         allowed_origins: Collection[str] = (),
         authorize: Callable[[web.Request, str], Awaitable[object]] | None = None,
         missed: Missed | None = None,
+        commands: Callable[[str, str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._agents = agents  # the server's AgentRegistry: one list of agents for every part
         self._send_timeout = send_timeout
@@ -98,6 +99,7 @@ class WebSocketHub:
         self._origins = frozenset(o.rstrip("/") for o in allowed_origins)
         self._authorize = authorize
         self._missed = missed
+        self._commands = commands
         self._conns: dict[str, set[_Conn]] = {}
         self.slow_closed = 0
 
@@ -155,7 +157,10 @@ class WebSocketHub:
                 async for msg in ws:
                     if msg.type is WSMsgType.ERROR:
                         log.warning("ws.error", agent=agent, error=repr(ws.exception()))
-                    # Clients have nothing to tell us yet; text frames are ignored.
+                    elif msg.type is WSMsgType.TEXT and self._commands is not None:
+                        # A command waits on Asterisk's reply: in its own task, so this socket's pings and
+                        # next commands are read meanwhile. Its answer is a command.result envelope.
+                        group.create_task(self._commands(agent, msg.data), name=f"cti.ws.command.{agent}")
                 writer.cancel()
         finally:
             self._forget(conn)

@@ -889,6 +889,11 @@ class RoutingController:
             raise ValueError(f"unknown not-ready reason {reason!r} (known: {', '.join(self.config.not_ready_reasons)})")
         await self._by_hand(agent_id, "not_ready", reason)
 
+    async def status(self, agent_id: str) -> AgentStatus | None:
+        """The agent's status in the store now (None: not in the routing config)."""
+        state = await self.store.agent(agent_id)
+        return state.status if state is not None else None
+
     async def log_out(self, agent_id: str) -> None:
         await self._by_hand(agent_id, "logged_out")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -123,6 +124,8 @@ class AmiServer(TcpListener):
             random_arrivals=random_arrivals,
         )
         self._conns: dict[asyncio.Task[None], _Connection] = {}
+        #: The last actions clients sent (fields, lower-case keys), Login and Ping left out: bounded.
+        self.actions: deque[dict[str, str]] = deque(maxlen=1000)
         self._tick_task: asyncio.Task[None] | None = None
         self._batch_writes = batch_writes
 
@@ -213,6 +216,8 @@ class AmiServer(TcpListener):
         if not conn.authenticated and act not in ("login", "logoff", "challenge"):
             conn.send(_response("Error", aid, Message="Permission denied"))
             return True
+        if act not in ("login", "ping"):
+            self.actions.append(fields)  # what a client asked of the PBX: tests and the demo's log read it
         handler = getattr(self, f"_action_{act}", None)
         if handler is None:
             conn.send(

@@ -1,0 +1,31 @@
+"""``POST /api/agents/{agent}/commands``: one command, answered in the reply and as a ``command.result``
+envelope to the agent (so every screen of theirs learns what happened)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from cti.auth.web import require_agent
+
+__all__ = ["command_routes"]
+
+#: Runs one command for an agent from decoded JSON; returns (HTTP status, body).
+RunCommand = Callable[[str, Any], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+def command_routes(run: RunCommand) -> list[web.RouteDef]:
+    async def post(request: web.Request) -> web.Response:
+        agent = request.match_info["agent"]
+        await require_agent(request, agent)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error_id": "bad-json", "message": "the body must be a JSON object",
+                                      "details": {}}, status=400)
+        status, reply = await run(agent, body)
+        return web.json_response(reply, status=status)
+
+    return [web.post("/api/agents/{agent}/commands", post)]
