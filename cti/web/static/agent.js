@@ -55,6 +55,11 @@ async function currentCall(cti) {
 
 function onEvent(env) {
   logLine(env);
+  if (env.type === "command.result") {
+    const r = env.payload;
+    $("#result").textContent = r.ok ? (r.command + ": done") : (r.command || "command") + ": " + r.message;
+    return;
+  }
   if (env.type === "agent.state") {
     const st = env.payload;
     $("#state").textContent = st.paused ? "paused" + (st.paused_reason ? " (" + st.paused_reason + ")" : "")
@@ -82,8 +87,24 @@ async function start(token) {
     return;
   }
   $("#signin").hidden = true;
+  controls(cti);
   cti.connect();
   currentCall(cti);
+}
+
+// Call control: each button is one command; its answer (or error) shows beside the buttons, and
+// every other screen of the agent learns it from the command.result envelope.
+function controls(cti) {
+  $("#controls").hidden = false;
+  const send = async (body) => {
+    $("#result").textContent = body.command + "…";
+    try { await cti.command(body); } catch (e) { $("#result").textContent = body.command + ": " + e.message; }
+  };
+  $("#ready").onclick = () => send({command: "ready"});
+  $("#not-ready").onclick = () => send({command: "not_ready", reason: $("#reason").value});
+  $("#hangup").onclick = () => send({command: "hangup"});
+  $("#dial").onclick = () => send({command: "dial", number: $("#number").value.trim()});
+  $("#transfer").onclick = () => send({command: "transfer", to_number: $("#number").value.trim()});
 }
 
 function signIn(problem) {

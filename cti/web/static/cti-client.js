@@ -51,8 +51,9 @@
     connect() {
       this.stopped = false;
       const base = this.server || location.origin;
+      // After the first connection, resume: the server sends what was missed since the last seq seen.
       const url = base.replace(/^http/, "ws") + "/ws/agents/" + encodeURIComponent(this.agent)
-        + "?token=" + encodeURIComponent(this.token);
+        + "?token=" + encodeURIComponent(this.token) + (this.lastSeq ? "&since=" + this.lastSeq : "");
       const ws = this.ws = new WebSocket(url);
       ws.onopen = () => { this.delay = 500; this.onStatus({live: true}); };
       ws.onclose = (ev) => {
@@ -69,7 +70,10 @@
           ws.close();
           return;
         }
-        if (env.type === "hello") return;
+        if (env.type === "hello") {
+          if (env.resume && !env.resume.complete) this.onGap(env.resume.since + 1, null);  // take a snapshot
+          return;
+        }
         if (env.id && this.seen.has(env.id)) return;  // QoS 1, two transports: the same event twice
         if (env.id) {
           this.seen.add(env.id); this.seenOrder.push(env.id);
@@ -79,6 +83,18 @@
         this.lastSeq = Math.max(this.lastSeq, env.seq || 0);
         this.onEvent(env);
       };
+    }
+
+    // What the agent's screen shows now, as of its seq (docs/events.md, "Snapshot").
+    async snapshot() {
+      const snap = await this.api("/api/agents/" + encodeURIComponent(this.agent) + "/snapshot");
+      this.lastSeq = Math.max(this.lastSeq, snap.seq || 0);
+      return snap;
+    }
+
+    // One command (docs/events.md, "Commands"): resolves with the result, rejects with a CtiError.
+    command(body) {
+      return this.api("/api/agents/" + encodeURIComponent(this.agent) + "/commands", {method: "POST", body});
     }
 
     close() { this.stopped = true; if (this.ws) this.ws.close(); }
