@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -98,7 +99,11 @@ async def bare_mqtt(port: int, rate: float, seconds: float) -> list[float]:
 
         async def send(i: int) -> None:
             sent[i] = time.perf_counter()
-            await pub.publish(f"bench/base/{i}", payload, qos=1)
+            # Bounded: aiomqtt 2.x can leave a QoS 1 publish waiting for ever (cti/push/mqtt.py, _LoopClient);
+            # one seen hanging here stalled a whole sweep. A publish past 5 s is counted as lost.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await pub.publish(f"bench/base/{i}", payload, qos=1)
 
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(receive(), name="cap.base.mqtt")
