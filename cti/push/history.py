@@ -87,6 +87,17 @@ class AgentViews:
             fold(view, env["type"], env["seq"], env["payload"])
 
 
+#: Append each (KEYS[i], ARGV[2i] id, ARGV[2i+1] body), trimmed to about ARGV[1]: one command for a whole
+#: gathering, where a pipeline of XADDs cost redis-py a command object, encoding and a reply parse each.
+#: An id not above the stream's last (another server numbered the agent higher) fails alone (pcall).
+_APPEND = """
+for i, key in ipairs(KEYS) do
+  redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[1], ARGV[2 * i], 'e', ARGV[2 * i + 1])
+end
+return #KEYS
+"""
+
+
 class RedisHistory:
     """``{prefix}agent:{agent}:events``: a stream, entry id ``<seq>-0``, field ``e`` the envelope's JSON."""
 
@@ -94,6 +105,7 @@ class RedisHistory:
         self._redis = redis
         self._prefix = key_prefix
         self._maxlen = maxlen
+        self._append = redis.register_script(_APPEND)
 
     def key(self, agent: str) -> str:
         return f"{self._prefix}agent:{agent}:events"
@@ -103,11 +115,11 @@ class RedisHistory:
         agent higher meanwhile) is refused by Redis and skipped: the stream only goes up, like ``seq``."""
         if not envelopes:
             return
-        pipe = self._redis.pipeline(transaction=False)
+        prefix = self._prefix
+        args: list[Any] = [self._maxlen]
         for env in envelopes:
-            pipe.xadd(self.key(env.agent), {"e": env.body}, id=f"{env.seq}-0", maxlen=self._maxlen,
-                      approximate=True)
-        await pipe.execute(raise_on_error=False)
+            args += (f"{env.seq}-0", env.body)
+        await self._append(keys=[f"{prefix}agent:{env.agent}:events" for env in envelopes], args=args)
 
     async def since(self, agent: str, seq: int, *,
                     limit: int = HISTORY_MAXLEN) -> tuple[list[tuple[int, bytes]], bool]:
