@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -300,9 +301,15 @@ class CtiServer:
         except FlowError as exc:
             raise StartupError(f"IVR flows not loaded: {exc}") from exc
         self.flows = registry
+        clock_kw: dict[str, Any] = {}
+        if cfg.clock_start is not None:
+            offset = cfg.clock_start - datetime.now(UTC)
+            clock_kw["clock"] = lambda: datetime.now(UTC) + offset
+            log.info("agi.clock", starts_at=cfg.clock_start.isoformat(), why="agi.clock_start: flows see this time")
         server = AgiServer(flows=registry.current, directory=customer_directory(self.directory),
                            on_end=self._ivr_ended,
-                           settings=AgiSettings(**cfg.model_dump(exclude={"enabled", "flows"})))
+                           settings=AgiSettings(**cfg.model_dump(exclude={"enabled", "flows", "clock_start"})),
+                           **clock_kw)
         try:
             self.agi = await self._stack.enter_async_context(server)
         except OSError as exc:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -277,6 +278,9 @@ class AgiConfig(_Model):
     lookup_timeout: float = Field(2.0, gt=0)
     on_end_timeout: float = Field(5.0, gt=0)
     drain_timeout: float = Field(10.0, ge=0)
+    clock_start: AwareDatetime | None = Field(
+        None, description="the flows' clock starts at this time (with offset) and runs at real speed: the demo "
+        "sets a weekday morning so business hours are open whenever it runs; None: the real time")
 
 
 class RoutingModeConfig(_Model):

@@ -55,3 +55,12 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("ami: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml", environ={})
+
+
+def test_the_ivr_clock_start_needs_an_offset() -> None:
+    from cti.config import AgiConfig
+
+    with pytest.raises(ValueError, match="timezone"):
+        AgiConfig.model_validate({"clock_start": "2026-12-01T10:00:00"})
+    start = AgiConfig.model_validate({"clock_start": "2026-12-01T10:00:00+08:00"}).clock_start
+    assert start is not None and start.utcoffset() is not None
