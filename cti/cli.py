@@ -171,7 +171,9 @@ def demo(*, config_path: Path | None, http_port: int | None, calls_per_minute: f
         from datetime import datetime
 
         start = config.agi.clock_start or datetime.fromisoformat(DEMO_IVR_START)
-        updates["agi"] = config.agi.model_copy(update={"enabled": True, "port": agi_port, "clock_start": start})
+        # A simulated caller need not be let finish the IVR at Ctrl-C: 2 s, not the 10 s a real one gets.
+        updates["agi"] = config.agi.model_copy(update={"enabled": True, "port": agi_port, "clock_start": start,
+                                                       "drain_timeout": min(config.agi.drain_timeout, 2.0)})
         updates["routing"] = config.routing.model_copy(update={"mode": "cti"})
         sim_update |= {"mode": "cti", "agi_url": f"agi://127.0.0.1:{agi_port}/hotline"}  # config/ivr/hotline.yaml
     updates["sim"] = config.sim.model_copy(update=sim_update)
