@@ -483,9 +483,9 @@ async def run_server(config: Config, *, demo: bool = False) -> None:
 
 async def run_demo(config: Config) -> None:
     """Simulator + a private Redis and MQTT broker on free loopback ports + the server."""
-    from cti.devservices import dev_services
+    from cti.devservices import DEMO_MQTT_PORT, dev_services
 
-    with dev_services() as services:
+    with dev_services(mqtt_port=DEMO_MQTT_PORT) as services:
         log.info("demo.services", redis=services.redis_url, mqtt_port=services.mqtt_port)
         await run_server(config.model_copy(update={
             "redis": config.redis.model_copy(update={"url": services.redis_url}),

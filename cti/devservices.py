@@ -126,9 +126,10 @@ class DevServices:
 
 
 @contextmanager
-def dev_services() -> Iterator[DevServices]:
+def dev_services(mqtt_port: int = 0) -> Iterator[DevServices]:
+    """A private Redis and broker; the broker on ``mqtt_port`` when it is free (the demo's stable port)."""
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cti-dev-")))
         url = stack.enter_context(redis_server(workdir))
-        port = stack.enter_context(mosquitto(workdir, DEMO_MQTT_PORT))
+        port = stack.enter_context(mosquitto(workdir, mqtt_port))
         yield DevServices(redis_url=url, mqtt_port=port, workdir=workdir)

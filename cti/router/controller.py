@@ -202,6 +202,7 @@ class RoutingController:
         self._traces: OrderedDict[str, deque[Explanation]] = OrderedDict()
         self._wrap_due: list[int] = []  # heap of wrap-up ends this server started
         self._next_sweep_ms: int | None = None
+        self._timers_held_until_ms = 0  # after a failed tick: not before this
         self._sweep_ms = max(1, int(mode.sweep_s * 1000))
         self._clock_rate = clock_rate
         self._reconciler = Reconciler(self._agents)
@@ -295,18 +296,22 @@ class RoutingController:
             await self._guarded(handler(msg), msg.event or "")
 
     async def tick(self) -> None:
-        """The timers, by the injected clock: wrap-ups that are over, then the sweep when due."""
-        await self._guarded(self._tick(), "tick")
+        """The timers, by the injected clock: wrap-ups that are over, then the sweep when due. One that
+        failed (Redis away) is tried again a sweep interval later, not at once: the loop must not spin."""
+        if not await self._guarded(self._tick(), "tick"):
+            self._timers_held_until_ms = self._now() + self._sweep_ms
 
-    async def _guarded(self, step: Awaitable[None], what: str) -> None:
+    async def _guarded(self, step: Awaitable[None], what: str) -> bool:
         try:
             await step
+            return True
         except RedisError as exc:
             raise_if_cancelling()
             self.counters.redis_errors += 1
             log.error("route.redis_failed", during=what, error=repr(exc))
             if _lost_config(exc):
                 await self._recover()
+            return False
 
     async def _recover(self) -> None:
         """Redis came back empty: the config, the calls this server holds on hold (in their places)
@@ -327,7 +332,7 @@ class RoutingController:
 
     def _next_timer_ms(self) -> int | None:
         due = [t for t in (self._next_sweep_ms, self._wrap_due[0] if self._wrap_due else None) if t is not None]
-        return min(due) if due else None
+        return max(min(due), self._timers_held_until_ms) if due else None
 
     def _timers_due(self) -> bool:
         at = self._next_timer_ms()
