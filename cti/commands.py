@@ -216,7 +216,7 @@ class CommandExecutor:
         """The named call, which must be the agent's; or the one the agent is on (or that rings them)."""
         if linkedid is not None:
             call = self._model.calls.get(linkedid) or (self._model.ended.get(linkedid) if ended_ok else None)
-            if call is None or not _involves(call, agent.id):
+            if call is None or not call.involves(agent.id):
                 raise CommandError(404, "no-such-call", "no call with this id is yours", linkedid=linkedid)
             return call
         for call in self._model.calls.values():
@@ -266,11 +266,6 @@ class CommandExecutor:
         await self._actions.action("Redirect", {"Channel": channel, "Context": context, "Exten": exten,
                                                 "Priority": "1"})
         return {"linkedid": call.linkedid, "channel": channel, "context": context, "exten": exten}
-
-
-def _involves(call: Call, agent_id: str) -> bool:
-    return (any(s.agent_id == agent_id for s in call.segments)
-            or any(o.agent_id == agent_id for o in call.offers.values()))
 
 
 

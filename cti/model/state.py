@@ -143,6 +143,11 @@ class Call:
 
     # --- derived from the segments ------------------------------------------------------------
 
+    def involves(self, agent_id: str) -> bool:
+        """The agent is on it, was on it, or it rings them now: what an agent's token may see and act on."""
+        return (any(s.agent_id == agent_id for s in self.segments)
+                or any(o.agent_id == agent_id for o in self.offers.values()))
+
     @property
     def first_queued(self) -> Segment | None:
         return next((s for s in self.segments if s.queue is not None), None)

@@ -115,11 +115,10 @@ class RedisHistory:
         agent higher meanwhile) is refused by Redis and skipped: the stream only goes up, like ``seq``."""
         if not envelopes:
             return
-        prefix = self._prefix
         args: list[Any] = [self._maxlen]
         for env in envelopes:
             args += (f"{env.seq}-0", env.body)
-        await self._append(keys=[f"{prefix}agent:{env.agent}:events" for env in envelopes], args=args)
+        await self._append(keys=[self.key(env.agent) for env in envelopes], args=args)
 
     async def since(self, agent: str, seq: int, *,
                     limit: int = HISTORY_MAXLEN) -> tuple[list[tuple[int, bytes]], bool]:

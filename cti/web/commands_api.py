@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from cti.auth.web import require_agent
+from cti.web.routes import error_response
 
 __all__ = ["command_routes"]
 
@@ -23,8 +24,7 @@ def command_routes(run: RunCommand) -> list[web.RouteDef]:
         try:
             body = await request.json()
         except ValueError:
-            return web.json_response({"error_id": "bad-json", "message": "the body must be a JSON object",
-                                      "details": {}}, status=400)
+            return error_response(400, "bad-json", "the body must be a JSON object")
         status, reply = await run(agent, body)
         return web.json_response(reply, status=status)
 

@@ -37,6 +37,11 @@ STATE = web.AppKey("state", WebState)
 JSON_PREFIXES = ("/api/", "/ws/")
 
 
+def error_response(status: int, error_id: str, message: str, **details: Any) -> web.Response:
+    """The API's one error shape: ``error_id`` for programs, ``message`` for people."""
+    return web.json_response({"error_id": error_id, "message": message, "details": details}, status=status)
+
+
 def _wants_json(request: web.Request) -> bool:
     return request.path.startswith(JSON_PREFIXES)
 
@@ -98,12 +103,6 @@ async def agent_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "agent.html")
 
 
-def _involves(call: dict[str, Any], agent_id: str, ringing: set[str]) -> bool:
-    """An agent's token sees the calls they are on, were on, or that ring them now."""
-    return (call["linkedid"] in ringing or call.get("current_agent_id") == agent_id
-            or any(s.get("agent_id") == agent_id for s in call.get("segments") or ()))
-
-
 async def api_calls(request: web.Request) -> web.Response:
     """Every live call (supervisors), or only the caller's own (an agent's token): customer records
     are personal data, so an agent never reads another agent's callers."""
@@ -112,9 +111,7 @@ async def api_calls(request: web.Request) -> web.Response:
     snapshot = state.model.snapshot()
     if not who.sees_all:
         agent_id = who.subject
-        ringing = {c.linkedid for c in state.model.calls.values()
-                   if any(o.agent_id == agent_id for o in c.offers.values())}
-        snapshot["calls"] = [c for c in snapshot["calls"] if _involves(c, agent_id, ringing)]
+        snapshot["calls"] = [c.snapshot() for c in state.model.calls.values() if c.involves(agent_id)]
         snapshot["members"] = [m for m in snapshot["members"] if m.get("agent_id") == agent_id]
     for call in snapshot["calls"]:
         call["customer"] = state.customer_of(call["linkedid"])

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from cti.auth.web import require, require_agent
 from cti.router.agent_state import AgentStateError, UnknownAgentError
 from cti.router.controller import Explanation
+from cti.web.routes import error_response
 from routing.trace import Trace
 
 __all__ = ["AgentControl", "routing_routes"]
@@ -33,9 +34,6 @@ class AgentControl(Protocol):
     def explain(self, call_id: str) -> Sequence[Explanation]: ...
     async def why_waiting(self, call_id: str) -> Trace | None: ...
 
-
-def _error(status: int, error_id: str, message: str, **details: Any) -> web.Response:
-    return web.json_response({"error_id": error_id, "message": message, "details": details}, status=status)
 
 
 def jsonable(value: Any) -> Any:
@@ -58,10 +56,10 @@ def routing_routes(control: AgentControl) -> list[web.RouteDef]:
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "bad-json", "the body must be a JSON object")
+            return error_response(400, "bad-json", "the body must be a JSON object")
         state = body.get("state") if isinstance(body, dict) else None
         if state not in STATES:
-            return _error(400, "bad-state", f"state must be one of {', '.join(STATES)}", state=state)
+            return error_response(400, "bad-state", f"state must be one of {', '.join(STATES)}", state=state)
         reason = body.get("reason")
         try:
             if state == "ready":
@@ -70,16 +68,17 @@ def routing_routes(control: AgentControl) -> list[web.RouteDef]:
                 await control.log_out(agent)
             else:
                 if not isinstance(reason, str) or not reason:
-                    return _error(400, "reason-required", "not_ready needs a reason")
+                    return error_response(400, "reason-required", "not_ready needs a reason")
                 await control.set_not_ready(agent, reason)
         except UnknownAgentError:
-            return _error(404, "no-such-agent", "unknown agent", agent=agent)
+            return error_response(404, "no-such-agent", "unknown agent", agent=agent)
         except AgentStateError as exc:
-            return _error(409, "illegal-transition", str(exc), agent=agent, current=exc.current, wanted=exc.wanted)
+            return error_response(409, "illegal-transition", str(exc), agent=agent, current=exc.current,
+                                  wanted=exc.wanted)
         except ValueError as exc:  # an unknown not-ready reason
-            return _error(400, "bad-reason", str(exc), reason=reason)
+            return error_response(400, "bad-reason", str(exc), reason=reason)
         except RedisError as exc:
-            return _error(503, "store-unavailable", f"the routing store (Redis) did not answer: {exc}")
+            return error_response(503, "store-unavailable", f"the routing store (Redis) did not answer: {exc}")
         return web.json_response({"agent": agent, "state": state, "reason": reason if state == "not_ready" else None})
 
     async def explain(request: web.Request) -> web.Response:
@@ -89,7 +88,7 @@ def routing_routes(control: AgentControl) -> list[web.RouteDef]:
                      for e in control.explain(call_id)]
         waiting = await control.why_waiting(call_id)
         if not decisions and waiting is None:
-            return _error(404, "no-such-call", "no routing decision or waiting call with this id", call=call_id)
+            return error_response(404, "no-such-call", "no routing decision or waiting call with this id", call=call_id)
         return web.json_response({"call": call_id, "decisions": decisions,
                                   "waiting": jsonable(waiting) if waiting is not None else None})
 

@@ -20,12 +20,10 @@ from cti.auth.tokens import ROLES, TokenRecord
 from cti.auth.web import principal, require, require_agent
 from cti.config import MqttConfig
 from cti.push.ws import WS_PATH
+from cti.web.routes import error_response
 
 __all__ = ["session_routes"]
 
-
-def _error(status: int, error_id: str, message: str, **details: Any) -> web.Response:
-    return web.json_response({"error_id": error_id, "message": message, "details": details}, status=status)
 
 
 def token_view(record: TokenRecord) -> dict[str, Any]:
@@ -54,7 +52,7 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
         who = await principal(request)
         agent_id = request.query.get("agent") or (who.subject if who.role == "agent" else None)
         if agent_id is not None and (agent_id not in agents or not who.may_see(agent_id)):
-            return _error(404 if agent_id not in agents else 403, "no-such-agent" if agent_id not in agents
+            return error_response(404 if agent_id not in agents else 403, "no-such-agent" if agent_id not in agents
                           else "forbidden", "unknown agent, or not yours", agent=agent_id)
         one = agent_id or "{agent}"
         body: dict[str, Any] = {
@@ -82,51 +80,51 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
         agent_id = request.match_info["agent"]
         await require_agent(request, agent_id)
         if agent_id not in agents:
-            return _error(404, "no-such-agent", "unknown agent", agent=agent_id)
+            return error_response(404, "no-such-agent", "unknown agent", agent=agent_id)
         if snapshot is None:
-            return _error(404, "not-found", "no snapshots on this server")
+            return error_response(404, "not-found", "no snapshots on this server")
         return web.json_response(await snapshot(agent_id))
 
     async def list_tokens(request: web.Request) -> web.Response:
         await require(request, "admin")
         if tokens is None:
-            return _error(404, "auth-disabled", "auth is off (auth.enabled: false): there are no tokens")
+            return error_response(404, "auth-disabled", "auth is off (auth.enabled: false): there are no tokens")
         return web.json_response([token_view(r) for r in await tokens.records()])
 
     async def issue_token(request: web.Request) -> web.Response:
         await require(request, "admin")
         if tokens is None:
-            return _error(404, "auth-disabled", "auth is off (auth.enabled: false): there are no tokens")
+            return error_response(404, "auth-disabled", "auth is off (auth.enabled: false): there are no tokens")
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "bad-json", "the body must be a JSON object")
+            return error_response(400, "bad-json", "the body must be a JSON object")
         if not isinstance(body, dict):
-            return _error(400, "bad-json", "the body must be a JSON object")
+            return error_response(400, "bad-json", "the body must be a JSON object")
         role, subject = body.get("role", "agent"), body.get("subject")
         if role not in ROLES:
-            return _error(400, "bad-role", f"role must be one of {', '.join(ROLES)}", role=role)
+            return error_response(400, "bad-role", f"role must be one of {', '.join(ROLES)}", role=role)
         if not isinstance(subject, str) or (role == "agent" and subject not in agents):
-            return _error(400, "bad-subject", "subject must be a configured agent id for role agent, "
+            return error_response(400, "bad-subject", "subject must be a configured agent id for role agent, "
                           "a login name otherwise", subject=subject)
         if role != "agent" and subject in agents:
-            return _error(400, "bad-subject", "a supervisor or admin login must not be an agent id (both are "
+            return error_response(400, "bad-subject", "a supervisor or admin login must not be an agent id (both are "
                           "MQTT usernames)", subject=subject)
         try:
             token, record = await tokens.issue(subject, role, label=str(body.get("label", "")))
         except ValueError as exc:
-            return _error(400, "bad-subject", str(exc), subject=subject)
+            return error_response(400, "bad-subject", str(exc), subject=subject)
         except RedisError as exc:
-            return _error(503, "store-unavailable", f"Redis did not answer: {exc}")
+            return error_response(503, "store-unavailable", f"Redis did not answer: {exc}")
         return web.json_response({**token_view(record), "token": token}, status=201)
 
     async def revoke_token(request: web.Request) -> web.Response:
         await require(request, "admin")
         if tokens is None:
-            return _error(404, "auth-disabled", "auth is off (auth.enabled: false): there are no tokens")
+            return error_response(404, "auth-disabled", "auth is off (auth.enabled: false): there are no tokens")
         token_id = request.match_info["id"]
         if not await tokens.revoke(token_id):
-            return _error(404, "no-such-token", "no token with this id", id=token_id)
+            return error_response(404, "no-such-token", "no token with this id", id=token_id)
         return web.json_response({"revoked": token_id})
 
     return [web.get("/api/me", me), web.get("/api/client-config", client_config),
