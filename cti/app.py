@@ -114,11 +114,16 @@ class CtiServer:
         try:
             await self._start()
         except BaseException:
-            await self._stack.aclose()
+            # Stopped while starting (a SIGTERM once the web port answers): the tasks already started must
+            # be cancelled here too, or closing their TaskGroup waits for them for ever.
+            await self._close()
             raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
         if self.agi is not None:  # callers still in a flow finish while the AMI path is still up
             await self.agi.close()
         for task in self._tasks:
