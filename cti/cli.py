@@ -18,7 +18,6 @@ from cti.config import Config, ConfigError, load_config
 from cti.logs import configure_logging
 
 DEFAULT_CONFIG = Path("config/cti.yaml")
-DEMO_IVR_START = "2026-12-01T10:00:00+08:00"
 #: Signals that stop ``serve`` and ``demo`` the way Ctrl-C does (``kill``, systemd, a closed terminal).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -166,13 +165,8 @@ def demo(*, config_path: Path | None, http_port: int | None, calls_per_minute: f
         from cti.devservices import free_port
 
         agi_port = config.agi.port if config.agi.enabled else free_port()
-        # The hotline is open Monday to Friday 8:00-20:00 China time: the demo's IVR clock starts on a
-        # Tuesday at 10:00 there, so a newcomer sees callers routed whatever the hour (agi.clock_start).
-        from datetime import datetime
-
-        start = config.agi.clock_start or datetime.fromisoformat(DEMO_IVR_START)
         # A simulated caller need not be let finish the IVR at Ctrl-C: 2 s, not the 10 s a real one gets.
-        updates["agi"] = config.agi.model_copy(update={"enabled": True, "port": agi_port, "clock_start": start,
+        updates["agi"] = config.agi.model_copy(update={"enabled": True, "port": agi_port,
                                                        "drain_timeout": min(config.agi.drain_timeout, 2.0)})
         updates["routing"] = config.routing.model_copy(update={"mode": "cti"})
         sim_update |= {"mode": "cti", "agi_url": f"agi://127.0.0.1:{agi_port}/hotline"}  # config/ivr/hotline.yaml
