@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import gc
 import json
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +31,7 @@ from cti.agi import AgiServer, AgiSettings, FlowRegistry, IvrResult, customer_di
 from cti.ami.client import AmiClient
 from cti.ami.codec import Message
 from cti.auth.store import TokenStore
+from cti.auth.tokens import TokenError
 from cti.auth.web import AUTH, cors_middleware, require_agent
 from cti.commands import CommandError, CommandExecutor, RedisDispositions, parse_command
 from cti.config import Config
@@ -39,15 +42,18 @@ from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS, ROU
 from cti.model.reducer import CallModel
 from cti.model_store import ModelStore
 from cti.pipeline import EventPipeline
+from cti.push.calllog import CallLog, RedisCallStore
 from cti.push.envelope import RedisSequencer
 from cti.push.history import AgentViews, RedisHistory
 from cti.push.mqtt import MqttSink
 from cti.push.notifier import AgentNotifier, Sink
 from cti.push.ws import WebSocketHub
 from cti.router.controller import RoutingController
+from cti.router.state_push import StatePusher
 from cti.router.store import RouterStore
 from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
+from cti.web.calls_api import calls_routes
 from cti.web.commands_api import command_routes
 from cti.web.routes import WebState
 from cti.web.routing_api import routing_routes
@@ -153,19 +159,22 @@ class CtiServer:
             log.warning("auth.disabled", effect="anyone who reaches the web port reads every agent's events and "
                         "every caller's record")
         self.history = RedisHistory(redis, key_prefix=cfg.redis.key_prefix)
+        self.calllog = CallLog(RedisCallStore(redis, key_prefix=cfg.redis.key_prefix), timezone=cfg.history.timezone)
         self.hub = WebSocketHub(agents=self.agents, allowed_origins=cfg.http.allowed_origins,
                                 authorize=require_agent, missed=self._missed, commands=self._ws_command)
         await self._restore_views()
         sinks: list[Sink] = [self.views, self.hub]  # the views first: a snapshot is never behind a push
         if cfg.mqtt.enabled:
-            self.mqtt = MqttSink(config=cfg.mqtt)
+            self.mqtt = MqttSink(config=cfg.mqtt, commands=self._mqtt_command)
             sinks.append(self.mqtt)
+        sinks.append(self.calllog)  # agents' calls of the day
         self.notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks,
                                       history=self.history)
         self.store = ModelStore(redis, self.model, key_prefix=cfg.redis.key_prefix)
         self.model.restore(await self.store.load())  # a restart resumes the calls it had
         self.pipeline = EventPipeline(model=self.model, notifier=self.notifier, directory=self.customer_cache,
-                                      subscribers=[self.store])
+                                      subscribers=[self.store], agent_states=cfg.routing.mode != "cti",
+                                      crm=cfg.crm)
         on_event: Callable[[Message], None] = self.pipeline.on_event
         if cfg.routing.mode == "cti":
             on_event = self._route_calls(redis)
@@ -176,8 +185,9 @@ class CtiServer:
                                         hold_context=cfg.routing.hold_context)
 
         extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ()),
-                 *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot),
-                 *command_routes(self.run_command)]
+                 *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot,
+                                 choices=self._command_choices),
+                 *command_routes(self.run_command), *calls_routes(agents=self.agents, history=self.calllog)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of), extra_routes=extra,
                             middlewares=[cors_middleware(cfg.http.allowed_origins)])
@@ -199,11 +209,15 @@ class CtiServer:
         self._tasks.append(sup.start("cti.notifier", self.notifier.run))
         self._tasks.append(sup.start("cti.lookups", self.pipeline.run))
         self._tasks.append(sup.start("cti.model_store", self.store.run))
+        self._tasks.append(sup.start("cti.calllog", self.calllog.run))
         self._tasks.append(sup.start("cti.ami", self.ami.run))
         if self.mqtt is not None:
             self._tasks.append(sup.start("cti.mqtt", self.mqtt.run))
         if self.router is not None:
             self._tasks.append(sup.start("cti.router", self.router.run))
+            states = StatePusher(self.router.store, self.agents, self.notifier.submit,
+                                 consumer=f"{socket.gethostname()}:{os.getpid()}")
+            self._tasks.append(sup.start("cti.agent_states", states.run))
         self._tasks.append(sup.start("cti.gauges", self._gauges))
         self._tasks.append(sup.start("cti.redis_watch", self._watch_redis))
         if cfg.ami.resync_interval > 0:
@@ -256,6 +270,33 @@ class CtiServer:
         body = {"ok": True, **result}
         self.notifier.submit(agent, "command.result", body)
         return 200, body
+
+    def _command_choices(self) -> dict[str, Any]:
+        cfg = self.config.commands
+        router = self.router
+        return {"mode": self.config.routing.mode, "dispositions": list(cfg.dispositions),
+                "not_ready_reasons": list(router.config.not_ready_reasons) if router is not None
+                else list(cfg.not_ready_reasons)}
+
+    async def _mqtt_command(self, agent: str, payload: bytes) -> None:
+        """A command from the agent's MQTT topic. The server cannot see which login published it, so with
+        auth on it carries the token too (``cti mqtt-acl``'s ACL also stops other logins at the broker)."""
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = None
+        if self.tokens is not None:
+            token = data.pop("token", None) if isinstance(data, dict) else None
+            try:
+                who = await self.tokens.resolve(token) if isinstance(token, str) else None
+            except (TokenError, RedisError, OSError) as exc:
+                log.warning("mqtt.command_refused", agent=agent, why=str(exc) or type(exc).__name__)
+                return
+            if who is None or not who.may_see(agent):
+                log.warning("mqtt.command_refused", agent=agent,
+                            why="no token in the command" if who is None else f"{who.subject}'s token")
+                return
+        await self.run_command(agent, data)
 
     async def _ws_command(self, agent: str, text: str) -> None:
         try:
@@ -440,6 +481,10 @@ class CtiServer:
         return {"flow_reloads": flows.reloads, "flow_rejections": flows.rejected}
 
     async def serve_forever(self) -> None:
+        # A stop (SIGTERM) that came during start-up may have been swallowed by a library (redis-py,
+        # Python 3.11's wait_for): the task still says it is cancelling, so stop now. The demo-stop test
+        # hung this way, its SIGTERM lost while the demo issued its tokens.
+        raise_if_cancelling()
         await asyncio.Event().wait()
 
 

@@ -13,7 +13,7 @@ ready / not ready exist, as ``QueuePause`` in every queue of the agent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import structlog
@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 NUMBER = r"^\+?[0-9*#]{1,32}$"
 _CODE = r"^[A-Za-z0-9_.-]{1,64}$"
 _LINKEDID = r"^[0-9A-Za-z_.-]{1,64}$"
+MAX_WRAP_UP_EXTENSION_S = 3600
 
 
 class _Cmd(BaseModel):
@@ -54,6 +55,11 @@ class NotReady(_Cmd):
 
 class Logout(_Cmd):
     command: Literal["logout"]
+
+
+class ExtendWrapUp(_Cmd):
+    command: Literal["extend_wrap_up"]
+    seconds: int = Field(30, ge=1, le=MAX_WRAP_UP_EXTENSION_S, description="added to the wrap-up's end")
 
 
 class Hangup(_Cmd):
@@ -80,7 +86,7 @@ class Disposition(_Cmd):
     code: str = Field(pattern=_CODE)
 
 
-Command = Annotated[Ready | NotReady | Logout | Hangup | Transfer | Dial | Disposition,
+Command = Annotated[Ready | NotReady | Logout | ExtendWrapUp | Hangup | Transfer | Dial | Disposition,
                     Field(discriminator="command")]
 _COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
@@ -104,8 +110,8 @@ def parse_command(data: Any) -> Command:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "command"
         raise CommandError(400, "bad-command", f"{where}: {first['msg']}",
-                           known=["ready", "not_ready", "logout", "login", "end_wrap_up", "hangup", "transfer",
-                                  "dial", "disposition"]) from None
+                           known=["ready", "not_ready", "logout", "login", "end_wrap_up", "extend_wrap_up", "hangup",
+                                  "transfer", "dial", "disposition"]) from None
 
 
 class Actions(Protocol):
@@ -118,6 +124,7 @@ class States(Protocol):
     async def set_ready(self, agent_id: str) -> None: ...
     async def set_not_ready(self, agent_id: str, reason: str) -> None: ...
     async def log_out(self, agent_id: str) -> None: ...
+    async def extend_wrap_up(self, agent_id: str, seconds: int) -> float: ...
     async def status(self, agent_id: str) -> AgentStatus | None: ...
 
 
@@ -161,7 +168,7 @@ class CommandExecutor:
         return {"command": command.command, "id": command.id, **done}
 
     async def _run(self, agent: AgentConfig, cmd: Command) -> dict[str, Any]:
-        if isinstance(cmd, Ready | NotReady | Logout):
+        if isinstance(cmd, Ready | NotReady | Logout | ExtendWrapUp):
             return await self._state(agent, cmd)
         if isinstance(cmd, Hangup):
             call = self._call(agent, cmd.linkedid)
@@ -183,8 +190,11 @@ class CommandExecutor:
         await self._dispositions.set(cmd.linkedid, agent.id, cmd.code)
         return {"linkedid": cmd.linkedid, "code": cmd.code}
 
-    async def _state(self, agent: AgentConfig, cmd: Ready | NotReady | Logout) -> dict[str, Any]:
+    async def _state(self, agent: AgentConfig, cmd: Ready | NotReady | Logout | ExtendWrapUp) -> dict[str, Any]:
         if self._states is not None:
+            if isinstance(cmd, ExtendWrapUp):
+                ends_at = await self._states.extend_wrap_up(agent.id, cmd.seconds)
+                return {"state": "wrap_up", "wrap_up_ends_at": ends_at}
             if isinstance(cmd, NotReady):
                 try:
                     await self._states.set_not_ready(agent.id, cmd.reason)
@@ -202,7 +212,7 @@ class CommandExecutor:
             await self._states.set_ready(agent.id)
             return {"state": "ready"}
         # Observe mode: app_queue's pause, in every queue of the member.
-        if isinstance(cmd, Logout) or cmd.command in ("login", "end_wrap_up"):
+        if isinstance(cmd, Logout | ExtendWrapUp) or cmd.command in ("login", "end_wrap_up"):
             raise CommandError(409, "not-in-observe-mode", f"{cmd.command} needs CTI routing mode (routing.mode: "
                                f"cti); in observe mode app_queue's queues.conf owns membership and wrap-up")
         reason = cmd.reason if isinstance(cmd, NotReady) else None
@@ -278,13 +288,27 @@ class RedisDispositions:
         self._redis = redis
         self._prefix = key_prefix
 
+    def key(self, linkedid: str) -> str:
+        return f"{self._prefix}call:{linkedid}:disposition"
+
     async def set(self, linkedid: str, agent_id: str, code: str) -> None:
-        key = f"{self._prefix}call:{linkedid}:disposition"
+        key = self.key(linkedid)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(key, agent_id, code)
         pipe.expire(key, self.TTL_S)
         await pipe.execute()
 
     async def of(self, linkedid: str) -> dict[str, str]:
-        raw = await self._redis.hgetall(f"{self._prefix}call:{linkedid}:disposition")
+        raw = await self._redis.hgetall(self.key(linkedid))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def of_agent(self, agent_id: str, linkedids: Sequence[str]) -> dict[str, str]:
+        """The agent's code on each call that has one: one round trip for all of them."""
+        if not linkedids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for linkedid in linkedids:
+            pipe.hget(self.key(linkedid), agent_id)
+        codes = await pipe.execute()
+        return {linkedid: code.decode() if isinstance(code, bytes) else code
+                for linkedid, code in zip(linkedids, codes, strict=True) if code is not None}

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -23,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from cti.crm import CrmLinks
 
 __all__ = [
     "AgentConfig",
@@ -115,6 +118,10 @@ class CommandsConfig(_Model):
     dispositions: list[str] = Field(
         default_factory=lambda: ["resolved", "follow_up", "escalated", "wrong_number", "sales_lead"],
         description="the codes an agent may set on a call they took")
+    not_ready_reasons: list[str] = Field(
+        default_factory=lambda: ["break", "lunch", "training", "meeting"],
+        description="observe mode: the pause reasons agents' consoles offer (app_queue takes any); CTI mode "
+        "takes routing.yaml's not_ready_reasons instead")
 
 
 class AuthConfig(_Model):
@@ -122,6 +129,21 @@ class AuthConfig(_Model):
     then anyone who reaches the port reads every caller's record."""
 
     enabled: bool = True
+
+
+class HistoryConfig(_Model):
+    """Agents' call history (``GET /api/agents/{id}/calls/today``): a day starts at local midnight here."""
+
+    timezone: str = Field("UTC", description="IANA name, e.g. Asia/Shanghai")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown timezone {v!r} (an IANA name such as Asia/Shanghai)") from None
+        return v
 
 
 class AgentConfig(_Model):
@@ -310,6 +332,8 @@ class Config(_Model):
     sim: SimConfig = SimConfig()
     agi: AgiConfig = AgiConfig()
     routing: RoutingModeConfig = RoutingModeConfig()
+    history: HistoryConfig = HistoryConfig()
+    crm: CrmLinks = []  # cti/crm.py: screen-pop links into CRMs
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @model_validator(mode="after")

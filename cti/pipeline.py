@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import structlog
 
 from cti.ami.codec import Message
+from cti.crm import CrmLinkConfig, crm_links
 from cti.directory.store import account_key
 from cti.metrics import DOMAIN_EVENTS, POP_LATENCY, RESYNCS
 from cti.model import events as ev
@@ -37,6 +38,9 @@ log = structlog.get_logger(__name__)
 #: Domain events an agent's client receives.
 PUSHED = frozenset({ev.CALL_OFFERED, ev.CALL_OFFER_WITHDRAWN, ev.CALL_ANSWERED, ev.CALL_ENDED, ev.AGENT_STATE,
                     ev.CALL_UPDATED})
+#: How long a pop may show with no word from the server (``expires_at``): the ring ends, or is withdrawn,
+#: long before in any queue; this only clears a pop whose withdrawal a client missed.
+OFFER_TTL_S = 60.0
 LOOKUP_TIMEOUT_S = 1.0
 LOOKUP_RETRY_S = (1.0, 2.0, 5.0)  # then every 5 s while the call lasts
 
@@ -96,6 +100,8 @@ class _Customer:
     held: list[tuple[str, str, dict[str, Any], Callable[[Any], None] | None]] = field(default_factory=list)
     told: set[str] = field(default_factory=set)  # agents pushed to without the record, after a failure
     last: dict[str, Any] = field(default_factory=dict)  # the call's latest snapshot
+    links: list[dict[str, str]] | None = None  # the CRM links, made once per record
+    links_for: dict[str, Any] | None = None
 
 
 #: One labelled child per event type, looked up once: ``labels()`` takes a lock and builds a key
@@ -109,14 +115,20 @@ class EventPipeline:
     def __init__(
         self, *, model: CallModel, notifier: Notifier, directory: CustomerLookup | None,
         subscribers: Sequence[Subscriber] = (), clock: Callable[[], float] = time.time,
-        lookup_timeout: float = LOOKUP_TIMEOUT_S,
+        lookup_timeout: float = LOOKUP_TIMEOUT_S, agent_states: bool = True, offer_ttl_s: float = OFFER_TTL_S,
+        crm: Sequence[CrmLinkConfig] = (),
     ) -> None:
+        """``agent_states``: push the queue members' ``agent.state`` (observe mode); in CTI mode the
+        router's statuses are the agents' states instead (cti/router/state_push.py)."""
         self.model = model
         self._notifier = notifier
         self._directory = directory
         self._subscribers = tuple(subscribers)
         self._clock = clock
         self._lookup_timeout = lookup_timeout
+        self._pushed = PUSHED if agent_states else PUSHED - {ev.AGENT_STATE}
+        self._offer_ttl_s = offer_ttl_s
+        self._crm = tuple(crm)
         self._customers: dict[str, _Customer] = {}
         self._lookups: asyncio.Queue[tuple[str, _Customer]] = asyncio.Queue()
         self.synced = False
@@ -172,7 +184,7 @@ class EventPipeline:
                 log.exception("pipeline.subscriber_failed", subscriber=type(subscriber).__name__,
                               event_type=event.type, linkedid=event.linkedid)
         linkedid = event.linkedid or ""
-        pushed = event.agent is not None and event.type in PUSHED
+        pushed = event.agent is not None and event.type in self._pushed
         call_event = event.type != ev.AGENT_STATE
         slot = self._customers.get(linkedid) if call_event else None
         # Look the caller up when they join the queue, not when an agent rings: the pop is then instant.
@@ -181,20 +193,23 @@ class EventPipeline:
         if pushed:
             assert event.agent is not None
             on_sent = None
+            data = event.data
             if event.type == ev.CALL_OFFERED:
+                offered_at = data.get("offered_at")
+                data = {**data, "expires_at": round((offered_at if offered_at is not None else self._clock())
+                                                    + self._offer_ttl_s, 3)}
 
                 def on_sent(_envelope: Any, received: float = time.perf_counter()) -> None:
                     POP_LATENCY.observe(time.perf_counter() - received)
 
             if slot is None:
-                self._notifier.submit(event.agent, event.type, dict(event.data), on_sent=on_sent)
+                self._notifier.submit(event.agent, event.type, dict(data), on_sent=on_sent)
             elif slot.done:
-                self._notifier.submit(event.agent, event.type, {**event.data, "customer": slot.record},
-                                      on_sent=on_sent)
+                self._notifier.submit(event.agent, event.type, self._with_customer(slot, data), on_sent=on_sent)
                 if slot.failed:
                     slot.told.add(event.agent)
             else:
-                slot.held.append((event.agent, event.type, event.data, on_sent))
+                slot.held.append((event.agent, event.type, data, on_sent))
         if slot is not None and call_event:
             slot.last = event.data
         if event.type == ev.CALL_FINISHED:
@@ -241,7 +256,7 @@ class EventPipeline:
                  agents=len(slot.told))
         if slot.record is not None:
             for agent in sorted(slot.told):
-                self._notifier.submit(agent, ev.CALL_UPDATED, {**slot.last, "customer": slot.record})
+                self._notifier.submit(agent, ev.CALL_UPDATED, self._with_customer(slot, slot.last))
             slot.told.clear()
         # else: Redis is back but may not have its directory yet; look_up_missing() tries again.
 
@@ -258,12 +273,22 @@ class EventPipeline:
         async with asyncio.timeout(self._lookup_timeout):
             return _as_record(await self._directory.lookup(number))
 
+    def _with_customer(self, slot: _Customer, data: dict[str, Any]) -> dict[str, Any]:
+        """The payload with the call's customer record and, when configured, its CRM links."""
+        if not self._crm:
+            return {**data, "customer": slot.record}
+        if slot.links is None or slot.links_for is not slot.record:
+            slot.links = crm_links(self._crm, caller=data.get("caller"), customer=slot.record,
+                                   linkedid=str(data.get("linkedid") or ""), queue=data.get("queue"))
+            slot.links_for = slot.record
+        return {**data, "customer": slot.record, "crm_links": slot.links}
+
     def _release(self, slot: _Customer) -> None:
         """Send the call's held pushes, in order, with the record (None if not found in time)."""
         slot.done = True
         held, slot.held = slot.held, []
         for agent, kind, data, on_sent in held:
-            self._notifier.submit(agent, kind, {**data, "customer": slot.record}, on_sent=on_sent)
+            self._notifier.submit(agent, kind, self._with_customer(slot, data), on_sent=on_sent)
 
 
 def _lookup_key(call: dict[str, Any]) -> str | None:

@@ -166,5 +166,8 @@ async def test_listed_origins_get_cors_and_others_do_not(redis_url: str, mqtt_po
             assert conf["websocket"]["url"] == f"ws://127.0.0.1:{server.http_port}/ws/agents/alice"
             assert conf["mqtt"]["port"] == mqtt_port and conf["mqtt"]["username"] == "alice"
             assert conf["mqtt"]["topics"]["events"] == "cti/v1/agents/alice/events"
+            assert conf["mqtt"]["topics"]["commands"] == "cti/v1/agents/alice/commands"
+            assert conf["commands"] == {"mode": "observe", "dispositions": server.config.commands.dispositions,
+                                        "not_ready_reasons": ["break", "lunch", "training", "meeting"]}
             async with session.get(f"{base}/api/client-config?agent=bob", headers=_bearer(tokens["alice"])) as r:
                 assert r.status == 403

@@ -323,7 +323,7 @@ def test_demo_stopped_with_sigterm_stops_its_services_and_removes_its_folder(tmp
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
-    env = {k: v for k, v in env.items() if not k.startswith("CTI_")}
+    env = {k: v for k, v in env.items() if not k.startswith("CTI_")} | {"PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "demo.log").open("wb")
     demo = subprocess.Popen([sys.executable, "-m", "cti.cli", "demo", "--http-port", str(port),
                              "--log-format", "json"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -337,7 +337,13 @@ def test_demo_stopped_with_sigterm_stops_its_services_and_removes_its_folder(tmp
         [workdir] = tmp.glob("cti-dev-*")
 
         demo.send_signal(signal.SIGTERM)
-        demo.wait(timeout=30)
+        try:
+            demo.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy = Path(sys.executable).with_name("py-spy")
+            dump = subprocess.run([str(spy), "dump", "--pid", str(demo.pid)], capture_output=True, text=True,
+                                  check=False).stdout if spy.exists() else ""
+            raise AssertionError("DEBUG no exit\n" + dump + (tmp_path / "demo.log").read_text()[-6000:]) from None
         assert demo.returncode == 0, (tmp_path / "demo.log").read_text()
         _wait_for(lambda: not any(_alive(pid) for pid in services), 10, f"{services} gone")
         _wait_for(lambda: not workdir.exists(), 10, f"{workdir} removed")

@@ -120,3 +120,29 @@ async def test_a_known_caller_pops_without_waiting_for_the_lookup_task() -> None
     await feed(pipeline, "basic", stop_at="AgentCalled")  # pipeline.run() is not running
     assert [(a, t) for a, t, _ in pushes.sent] == [("bob", "call.offered")]
     assert pushes.sent[0][2]["customer"] == RECORD and directory.calls == 0
+
+
+async def test_pops_carry_crm_links_and_an_offer_its_expiry() -> None:
+    """The record URL when the caller is known (their record's id), a search by number otherwise; the
+    offer says when a client should stop showing it."""
+    from cti.crm import CrmLinkConfig
+
+    class Cached(Directory):
+        def peek(self, number: str) -> tuple[bool, Any]:
+            return (True, RECORD) if number == "13800000001" else (False, None)
+
+    crm = [CrmLinkConfig(name="CRM", record_url="https://crm.example/r/{customer_id}",
+                         search_url="https://crm.example/s?q={number}")]
+    pushes = Pushes()
+    pipeline = EventPipeline(model=CallModel(agents=AGENTS), notifier=pushes, directory=Cached(), crm=crm,
+                             offer_ttl_s=45)
+    await feed(pipeline, "basic")
+    offered, answered, ended = (p for _, _, p in pushes.sent)
+    assert offered["crm_links"] == [{"name": "CRM", "url": "https://crm.example/r/c-1"}]
+    assert answered["crm_links"] == ended["crm_links"] == offered["crm_links"]
+    assert offered["expires_at"] == round(offered["offered_at"] + 45, 3) and "expires_at" not in answered
+
+    without = Pushes()
+    pipeline = EventPipeline(model=CallModel(agents=AGENTS), notifier=without, directory=None)
+    await feed(pipeline, "basic")
+    assert all("crm_links" not in p for _, _, p in without.sent)  # nothing configured, nothing added

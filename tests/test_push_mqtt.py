@@ -358,3 +358,77 @@ async def test_cancel_mid_connect_exits_promptly() -> None:
         assert [e["event"] for e in logs] == ["mqtt.stopped"] and not sink.connected
         for writer in peers:
             writer.transport.abort()
+
+
+# --- the retained state topic and the commands topic ----------------------------------------------
+
+def _state(seq: int, state: str) -> Envelope:
+    return Envelope(type="agent.state", agent="alice", seq=seq, payload={"state": state})
+
+
+async def retained(port: int, topic: str, timeout: float = 10) -> Envelope:
+    """What a client subscribing now is told at once (a subscription made just as the server publishes
+    gets that publish live, not retained: then subscribe again)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with aiomqtt.Client("127.0.0.1", port, identifier=f"test-retained-{port}") as client:
+                await client.subscribe(topic, qos=1)
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    if message.retain:
+                        return Envelope.from_json(message.payload)
+                    break
+
+
+async def test_only_the_last_state_is_retained_when_several_waited_for_the_broker(mqtt_port: int) -> None:
+    port = free_port()
+    config = MqttConfig(host="127.0.0.1", port=port, client_id=f"cti-test-states-{port}", topic_prefix=f"t{port}")
+    async with Proxy(listen_port=port, target_port=mqtt_port) as proxy, \
+            running(MqttSink(config=config, backoff=FAST)) as sink:
+        for envelope in (_state(1, "ready"), *envelopes(2, 4), _state(4, "offered"), _state(5, "on_call")):
+            sink.publish(envelope)
+        await proxy.start()
+        await wait_until(lambda: sink.pending == 0)
+        assert (await retained(mqtt_port, f"t{port}/agents/alice/state")).seq == 5
+
+
+async def test_a_restarted_broker_that_lost_its_retained_states_gets_them_again(broker: Broker,
+                                                                                tmp_path: Path) -> None:
+    async with running(sink_for(broker.port)) as sink:
+        sink.publish(_state(7, "not_ready"))
+        await wait_until(lambda: sink.pending == 0 and sink.connected)
+        broker.stop()
+        for db in tmp_path.glob("*.db"):  # noqa: ASYNC240 - a few files, while the broker is down
+            db.unlink()  # a broker without persistence comes back with nothing retained
+        broker.start()
+        await wait_until(lambda: sink.connected)
+        await wait_until(lambda: sink.pending == 0)
+        assert (await retained(broker.port, "cti/v1/agents/alice/state")).seq == 7
+
+
+async def test_commands_reach_the_handler_and_a_stored_retained_one_does_not(mqtt_port: int) -> None:
+    """A retained command would run again at every server start: the one the broker hands a new
+    subscription is ignored (a live publish reaches subscribers as a plain message, MQTT 3.1.1 3.3.1.3)."""
+    got: list[tuple[str, bytes]] = []
+
+    async def handle(agent: str, payload: bytes) -> None:
+        got.append((agent, payload))
+
+    prefix = f"tcmd{mqtt_port}"
+    config = MqttConfig(host="127.0.0.1", port=mqtt_port, client_id="cti-test-commands", topic_prefix=prefix)
+    async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="test-commander") as client:
+        await client.publish(f"{prefix}/agents/bob/commands", b'{"command":"old"}', qos=1, retain=True)
+        try:
+            with structlog.testing.capture_logs() as logs:
+                async with running(MqttSink(config=config, backoff=FAST, commands=handle)) as sink:
+                    await wait_until(lambda: sink.connected)
+                    await wait_until(lambda: any(e["event"] == "mqtt.command_retained_ignored" for e in logs))
+                    await client.publish(f"{prefix}/agents/alice/commands", b'{"command":"ready"}', qos=1)
+                    await client.publish(f"{prefix}/agents/alice/events", b"not a command", qos=1)
+                    await client.publish(f"{prefix}/agents/alice/commands", b"", qos=1)  # a retained one cleared
+                    await client.publish(f"{prefix}/agents/alice/commands", b'{"command":"logout"}', qos=1)
+                    await wait_until(lambda: len(got) == 2)
+        finally:
+            await client.publish(f"{prefix}/agents/bob/commands", b"", qos=1, retain=True)
+    assert got == [("alice", b'{"command":"ready"}'), ("alice", b'{"command":"logout"}')]
+    assert [e["agent"] for e in logs if e["event"] == "mqtt.command_retained_ignored"] == ["bob"]

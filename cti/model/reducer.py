@@ -235,6 +235,7 @@ class CallModel:
         out[:] = [e for e in out if e.type != ev.AGENT_STATE]
         for member in self.members.values():
             if member.agent_id:
+                member.mark(now)
                 out.append(DomainEvent(ev.AGENT_STATE, None, now, {**member.snapshot(), "resync": True},
                                        member.agent_id))
         return out
@@ -1035,6 +1036,7 @@ class CallModel:
             for ms in member.queues.values():
                 ms.paused = f["Paused"] == "1"
                 ms.paused_reason = f.get("PausedReason", "") if ms.paused else ""
+        member.mark(ts)
         after = member.snapshot()
         if after != before and member.agent_id:
             out.append(DomainEvent(ev.AGENT_STATE, None, ts, after, member.agent_id))
@@ -1043,6 +1045,7 @@ class CallModel:
         member = self.members.get(msg.get("Interface", "").lower())
         if member is not None:
             member.queues.pop(msg.get("Queue", ""), None)
+            member.mark(ts)
             if member.agent_id:
                 out.append(DomainEvent(ev.AGENT_STATE, None, ts, member.snapshot(), member.agent_id))
 

@@ -299,6 +299,28 @@ class Member:
     queues: dict[str, Membership] = field(default_factory=dict)
     call: str | None = None  # Linkedid of the call the member is talking on
     last_call: str | None = None  # for an AgentComplete without channel fields after the hangup
+    shown: str | None = None  # the state last marked, and since when
+    since: float | None = None
+
+    @property
+    def state(self) -> str:
+        """The state an agent's screen shows, in the vocabulary CTI mode uses too (docs/events.md): a
+        phone that is off or in no queue is logged out; on a call or ringing goes before paused (a
+        member paused during a call is still on it); then paused everywhere is not ready."""
+        status = self.status or 0
+        if not self.queues or status in _GONE:
+            return "logged_out"
+        if self.call is not None or status in _TALKING:
+            return "on_call"
+        if status in _RINGING:
+            return "offered"
+        return "not_ready" if self.paused else "ready"
+
+    def mark(self, ts: float | None) -> None:
+        """Remember when the shown state began (call before each snapshot the model pushes)."""
+        state = self.state
+        if state != self.shown:
+            self.shown, self.since = state, ts if ts is not None else self.since
 
     @property
     def paused(self) -> bool:
@@ -327,6 +349,10 @@ class Member:
             "memberships": {q: m.snapshot() for q, m in sorted(self.queues.items())},
             "call": self.call,
             "calls_taken": self.calls_taken,
+            "mode": "observe",
+            "state": self.state,
+            "reason": (self.paused_reason or None) if self.state == "not_ready" else None,
+            "since": self.since,
         }
 
 
@@ -353,6 +379,9 @@ class Queue:
 
 
 #: app_queue's member Status values (enum ast_device_state).
+_GONE = frozenset({4, 5})  # invalid, unavailable
+_TALKING = frozenset({2, 3, 7, 8})  # in use, busy, ringing while in use, on hold
+_RINGING = frozenset({6})
 DEVICE_STATUS = {
     0: "unknown",
     1: "not_in_use",

@@ -1,26 +1,32 @@
-"""Push envelopes to MQTT: ``{topic_prefix}/agents/{agent}/events``, QoS 1, never retained.
+"""Push envelopes to MQTT, and take agents' commands from it.
+
+Topics under ``{topic_prefix}/agents/{agent}/``: ``events`` (every envelope, QoS 1, never
+retained: a client that connects later must not see a stale ringing call), ``state`` (the
+agent's latest ``agent.state`` envelope, QoS 1, **retained**, so a client learns the state the
+moment it subscribes) and ``commands`` (the server subscribes to ``+/commands``).
 
 ``publish`` only enqueues, so a dead broker never stalls the call model; the
 :meth:`MqttSink.run` loop (a named task in the app's TaskGroup) owns the aiomqtt
-client, reconnects with capped backoff and drains the outbox in order.  A pop is
-not retained: a client that connects later must not see a stale ringing call.
+client, reconnects with capped backoff and drains the outbox in order.
 
 Delivery is at least once and in order: up to ``window`` publishes are in flight
 (one at a time would cap throughput at one broker round trip, which a busy loop
-stretches to milliseconds), and every envelope whose PUBACK has not arrived is
+stretches to milliseconds), and every message whose PUBACK has not arrived is
 sent again, in the original order, on the next connection; clients dedupe on the
 envelope ``id``.  Each connection gets a fresh :class:`aiomqtt.Client`: reusing
 one after an unexpected disconnect left paho spinning on a stale socket (aiomqtt
 2.5, cf. empicano/aiomqtt#288), and paho's own resend queue dies with it, which
-is why the sink keeps the unacknowledged envelopes itself.
+is why the sink keeps the unacknowledged messages itself.  Each connection also
+publishes every agent's last state again first: a broker restarted without
+persistence has forgotten its retained messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -31,18 +37,39 @@ from cti.config import MqttConfig
 from cti.push.envelope import Envelope
 from cti.supervise import raise_if_cancelling
 
-__all__ = ["MqttSink", "agent_topic"]
+__all__ = ["MqttSink", "agent_topic", "command_agent"]
 
 log = structlog.get_logger(__name__)
 
 _UNSAFE: Final = frozenset("/+#\0")
+STATE: Final = "agent.state"
+#: Commands handled at once; more wait in aiomqtt's bounded queue of incoming messages.
+COMMANDS_AT_ONCE: Final = 32
+
+#: ``(agent, payload)``: one command message, for the server to authenticate and run.
+CommandHandler = Callable[[str, bytes], Awaitable[None]]
 
 
-def agent_topic(prefix: str, agent: str) -> str:
-    """The agent's event topic; an id that could widen a subscription or an ACL match is refused."""
+def agent_topic(prefix: str, agent: str, leaf: str = "events") -> str:
+    """One of the agent's topics; an id that could widen a subscription or an ACL match is refused."""
     if not agent or any(c in _UNSAFE for c in agent):
         raise ValueError(f"agent id {agent!r} is not a safe MQTT topic segment (empty, '/', '+', '#' or NUL)")
-    return f"{prefix}/agents/{agent}/events"
+    return f"{prefix}/agents/{agent}/{leaf}"
+
+
+def command_agent(prefix: str, topic: str) -> str | None:
+    """The agent a ``{prefix}/agents/{agent}/commands`` topic is for, None for any other topic."""
+    head, tail = f"{prefix}/agents/", "/commands"
+    if not (topic.startswith(head) and topic.endswith(tail)):
+        return None
+    agent = topic[len(head):-len(tail)]
+    return agent if agent and not any(c in _UNSAFE for c in agent) else None
+
+
+class _Message(NamedTuple):
+    topic: str
+    retain: bool
+    envelope: Envelope
 
 
 class MqttSink:
@@ -59,19 +86,22 @@ class MqttSink:
         max_queued_incoming_messages: int = 100,
         window: int = 64,
         rng: random.Random | None = None,
+        commands: CommandHandler | None = None,
     ) -> None:
         if outbox_size < 1 or window < 1:
             raise ValueError("outbox_size and window must be at least 1")
         self._config = config
-        self._outbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=outbox_size)
+        self._outbox: asyncio.Queue[_Message] = asyncio.Queue(maxsize=outbox_size)
         self._backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self._publish_timeout = publish_timeout
         self._keepalive = keepalive
         self._max_incoming = max_queued_incoming_messages
         self._rng = rng or random.Random()
         self._window = window
-        self._unacked: dict[int, Envelope] = {}  # taken from the outbox, no PUBACK yet; in send order
+        self._unacked: dict[int, _Message] = {}  # taken from the outbox, no PUBACK yet; in send order
         self._taken = 0
+        self._states: dict[str, _Message] = {}  # each agent's last retained state, sent again on each connect
+        self._commands = commands
         self.connected = False
         self.dropped = 0
 
@@ -89,16 +119,24 @@ class MqttSink:
         return len(self._unacked)
 
     def publish(self, envelope: Envelope) -> None:
-        """Enqueue without waiting; when the outbox is full the oldest envelope is dropped (the client sees a gap)."""
-        self.topic(envelope.agent)  # refuse an unsafe id now, where the caller can see the error
+        """Enqueue without waiting; when the outbox is full the oldest message is dropped (the client sees a gap).
+        An ``agent.state`` also goes to the agent's retained ``state`` topic."""
+        prefix = self._config.topic_prefix
+        self._put(_Message(agent_topic(prefix, envelope.agent), False, envelope))  # an unsafe id raises here
+        if envelope.type == STATE:
+            state = self._states[envelope.agent] = _Message(agent_topic(prefix, envelope.agent, "state"), True,
+                                                            envelope)
+            self._put(state)
+
+    def _put(self, message: _Message) -> None:
         try:
-            self._outbox.put_nowait(envelope)
+            self._outbox.put_nowait(message)
         except asyncio.QueueFull:
-            oldest = self._outbox.get_nowait()
+            oldest = self._outbox.get_nowait().envelope
             self.dropped += 1
             log.warning("mqtt.outbox_full_dropped", agent=oldest.agent, seq=oldest.seq, type=oldest.type,
                         outbox_size=self._outbox.maxsize)
-            self._outbox.put_nowait(envelope)
+            self._outbox.put_nowait(message)
 
     def _client(self) -> _LoopClient:
         cfg = self._config
@@ -110,7 +148,7 @@ class MqttSink:
             identifier=cfg.client_id,
             keepalive=self._keepalive,
             timeout=self._publish_timeout,
-            # We subscribe to nothing yet; the bound keeps a misbehaving broker from growing memory.
+            # Commands only; the bound keeps a flood (or a misbehaving broker) from growing memory.
             max_queued_incoming_messages=self._max_incoming,
             max_inflight_messages=self._window,  # paho would queue the rest itself, out of our sight
         )
@@ -121,14 +159,17 @@ class MqttSink:
         """Connect, drain, reconnect — until cancelled.  Clients are made here: aiomqtt needs the running loop."""
         cfg = self._config
         try:
-            await self._connect_loop()
+            # Commands run in a group of their own: a dropped connection must not cut one short
+            # half-way through its AMI action.
+            async with asyncio.TaskGroup() as commands:
+                await self._connect_loop(commands)
         except BaseException as exc:  # cancelled at shutdown, or a bug: say so, a silent stop looks like a hang
             log.info("mqtt.stopped", host=cfg.host, port=cfg.port, reason=type(exc).__name__, pending=self.pending)
             raise
         finally:
             self.connected = False
 
-    async def _connect_loop(self) -> None:
+    async def _connect_loop(self, commands: asyncio.TaskGroup) -> None:
         cfg = self._config
         failures = 0
         while True:
@@ -145,8 +186,10 @@ class MqttSink:
                     # and never uncancels it (CPython gh-116720): ``cancelling()`` stayed at 1 for good and
                     # raise_if_cancelling ended this loop, silently, right after the next connect.
                     # With the body busy, the group's cancel lands in the body and __aexit__ uncancels it.
+                    if self._commands is not None:
+                        await client.subscribe(f"{cfg.topic_prefix}/agents/+/commands", qos=1)
                     async with asyncio.TaskGroup() as group:
-                        group.create_task(self._watch(client), name="cti.mqtt.watch")
+                        group.create_task(self._watch(client, commands), name="cti.mqtt.watch")
                         await self._drain(client)
             except* aiomqtt.MqttError as errors:
                 exc = _first_leaf(errors)
@@ -160,16 +203,35 @@ class MqttSink:
             finally:
                 self.connected = False
 
-    async def _watch(self, client: aiomqtt.Client) -> None:
-        """Raise MqttError as soon as the connection drops.
+    async def _watch(self, client: aiomqtt.Client, commands: asyncio.TaskGroup) -> None:
+        """Hand each command to the handler; raise MqttError as soon as the connection drops.
 
         aiomqtt 2.x does not wake a publish that waits for its PUBACK when the
         connection drops (it waits for the full timeout); its message iterator is
         the public signal that does, so ending this task cancels the drain at once.
         """
-        async for _ in client.messages:  # nothing is subscribed; only a disconnect ends this
-            pass
+        slots = asyncio.Semaphore(COMMANDS_AT_ONCE)
+        prefix = self._config.topic_prefix
+        async for message in client.messages:
+            agent = command_agent(prefix, message.topic.value)
+            if agent is None or self._commands is None or not message.payload:  # b"": a retained one cleared
+                continue
+            if message.retain:  # a retained command would run again at every server start
+                log.warning("mqtt.command_retained_ignored", agent=agent, topic=message.topic.value)
+                continue
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            await slots.acquire()
+            commands.create_task(self._command(agent, payload, slots), name=f"cti.mqtt.command.{agent}")
         raise aiomqtt.MqttError("message iteration ended")
+
+    async def _command(self, agent: str, payload: bytes, slots: asyncio.Semaphore) -> None:
+        assert self._commands is not None
+        try:
+            await self._commands(agent, payload)
+        except Exception:  # one bad command must not stop the others, nor the push
+            log.exception("mqtt.command_failed", agent=agent)
+        finally:
+            slots.release()
 
     async def _drain(self, client: _LoopClient) -> None:
         """Publish in order with up to ``window`` PUBACKs outstanding; a PUBACK missing for
@@ -188,11 +250,12 @@ class MqttSink:
             if entry is not None and self._unacked.pop(entry[0], None) is not None:
                 slots.release()
 
-        def send(key: int, envelope: Envelope) -> None:
+        def send(key: int, message: _Message) -> None:
             try:
-                info = client.paho.publish(self.topic(envelope.agent), envelope.body, 1, False)
+                info = client.paho.publish(message.topic, message.envelope.body, 1, message.retain)
             except ValueError as exc:  # paho refuses the message itself (e.g. too large): retrying cannot help
-                log.error("mqtt.publish_refused", agent=envelope.agent, seq=envelope.seq, error=str(exc))
+                log.error("mqtt.publish_refused", agent=message.envelope.agent, seq=message.envelope.seq,
+                          error=str(exc))
                 del self._unacked[key]
                 slots.release()
                 return
@@ -204,15 +267,37 @@ class MqttSink:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._expire(sent, loop), name="cti.mqtt.acks")
-                for key, envelope in list(self._unacked.items()):  # left by the last connection, oldest first
+                left = list(self._unacked.items())  # by the last connection, oldest first
+                # Every agent's last state first (a restarted broker may have lost it). A retained state
+                # is sent only while it is the agent's last one, and only once per connection: an older
+                # one sent later would replace the newer on the broker.
+                resent: set[str] = set()
+                for state in list(self._states.values()):
                     await slots.acquire()
-                    send(key, envelope)
+                    key = self._taken = self._taken + 1
+                    self._unacked[key] = state
+                    send(key, state)
+                    resent.add(state.envelope.id)
+
+                def stale(message: _Message) -> bool:
+                    return message.retain and (self._states.get(message.envelope.agent) is not message
+                                               or message.envelope.id in resent)
+
+                for key, message in left:
+                    if stale(message):
+                        del self._unacked[key]
+                        continue
+                    await slots.acquire()
+                    send(key, message)
                 while True:
                     await slots.acquire()
-                    envelope = await self._outbox.get()
+                    message = await self._outbox.get()
+                    if stale(message):
+                        slots.release()
+                        continue
                     key = self._taken = self._taken + 1
-                    self._unacked[key] = envelope  # before any await: a drop from here on sends it again
-                    send(key, envelope)
+                    self._unacked[key] = message  # before any await: a drop from here on sends it again
+                    send(key, message)
                     raise_if_cancelling()
         finally:
             client.on_ack = None

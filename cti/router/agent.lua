@@ -4,7 +4,9 @@
 --    or namespace, 'status', id, status, now_ms, not-ready reason ('' = none)
 --    or namespace, 'cas', id, expected statuses (comma-separated), expected call ('' = any), status, now_ms,
 --       not-ready reason ('' = none), call the new status is about ('' = none), wrap-up end ms ('' = none)
---    or namespace, 'wrapped', now_ms.
+--    or namespace, 'wrapped', now_ms
+--    or namespace, 'extend', id, now_ms, seconds: a wrap-up going on ends that much later (from its end,
+--       or from now if that has passed); replies {the new end ms, or 0 when not in wrap-up; the status}.
 -- 'put' and 'status' clear the agent's side of a reservation (the call's side is remove_call's or requeue's).
 
 local op = ARGV[2]
@@ -28,6 +30,17 @@ end
 local id = ARGV[3]
 local old = load_agent(id)
 
+if op == 'extend' then
+  if not old then return {0, ''} end
+  if old.status ~= 'wrap_up' then return {0, old.status} end
+  local now, add = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local ends = tonumber(redis.call('ZSCORE', WRAP, id) or now)
+  local until_ms = math.max(ends, now) + add
+  local reason = redis.call('HGET', agent_key(id), 'reason') or ''
+  set_status(old, 'wrap_up', now, reason, old.call, until_ms)
+  return {until_ms, 'wrap_up'}
+end
+
 local function put(profile, status, idle, reason)
   if old and old.status == 'ready' then set_ready(old, false) end
   local agent = cjson.decode(profile)
@@ -37,6 +50,7 @@ local function put(profile, status, idle, reason)
   redis.call('ZREM', WRAP, id)
   redis.call('SADD', AGENTS, id)
   if status == 'ready' then set_ready(agent, true) end
+  changed(id, status, reason, nil, nil)
 end
 
 if op == 'put' then

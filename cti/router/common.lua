@@ -12,7 +12,8 @@
 local NS = ARGV[1]
 local CONFIG, WAITING, RESERVED = NS .. 'config', NS .. 'waiting', NS .. 'reserved'
 local ESC, AGENTS = NS .. 'esc', NS .. 'agents'
-local OFFERS, WRAP = NS .. 'offers', NS .. 'wrap'
+local OFFERS, WRAP, CHANGES = NS .. 'offers', NS .. 'wrap', NS .. 'changes'
+local CHANGES_KEPT = 10000
 local AGED_BASE, MAX_WAIT_MS = 1e15, 1e12
 local SKILLS, ALTERNATIVE, OVERFLOW = 2, 1, 0
 local TOP_LEVEL = 5      -- store.py refuses agent levels above it
@@ -295,6 +296,14 @@ local function catch_up(cfg, now)
   end
 end
 
+-- Every status written goes to the changes stream too, for the server to push as agent.state
+-- (store.py, RouterStore.changes): the entry id is Redis's clock in ms, when the status began.
+-- wrap_until is passed as an argument, never through `..` (exact up to 2^53).
+local function changed(id, status, reason, call, wrap_until)
+  redis.call('XADD', CHANGES, 'MAXLEN', '~', CHANGES_KEPT, '*', 'a', id, 's', status, 'r', reason or '',
+             'c', call or '', 'w', wrap_until or '')
+end
+
 -- Both sides of a reservation in one step: the call leaves the indexes, the agent the ready sets.
 -- OFFERS holds it from now until its dial begins, so a sweep finds offers no Redirect ever rang.
 local function reserve(call, agent, now)
@@ -305,6 +314,7 @@ local function reserve(call, agent, now)
   redis.call('HSET', RESERVED, call.id, agent.id)
   redis.call('HSET', agent_key(agent.id), 'status', 'reserved', 'call', call.id)
   redis.call('ZADD', OFFERS, now, call.id)
+  changed(agent.id, 'reserved', '', call.id, nil)
 end
 
 -- An agent's new status, their place in the ready sets and their idle time kept right in one place:
@@ -324,6 +334,7 @@ local function set_status(agent, status, now, reason, call, wrap_until)
   if wrap_until then redis.call('ZADD', WRAP, wrap_until, agent.id)
   else redis.call('ZREM', WRAP, agent.id) end
   agent.status, agent.call = status, call
+  changed(agent.id, status, reason, call, wrap_until)
 end
 
 -- A sorted set read in order a few members at a time: s.id and s.at (the score) are the current

@@ -902,6 +902,20 @@ class RoutingController:
     async def log_out(self, agent_id: str) -> None:
         await self._by_hand(agent_id, "logged_out")
 
+    async def extend_wrap_up(self, agent_id: str, seconds: int) -> float:
+        """The agent's wrap-up ends ``seconds`` later; when it now ends (epoch seconds). Raises
+        :class:`AgentStateError` when they are not in wrap-up."""
+        if agent_id not in self._agents:
+            raise UnknownAgentError(agent_id)
+        until, status = await self._store.extend_wrap_up(agent_id, seconds, now_ms=self._now())
+        if status is None:
+            raise UnknownAgentError(agent_id)
+        if until is None:
+            raise AgentStateError(agent_id, status, "wrap_up", manual=True)
+        heapq.heappush(self._wrap_due, until)
+        log.info("route.wrap_up_extended", agent=agent_id, seconds=seconds, until_ms=until)
+        return until / 1000
+
     async def _by_hand(self, agent_id: str, status: AgentStatus, reason: str | None = None) -> None:
         """Raise :class:`UnknownAgentError` or :class:`AgentStateError` (the store's status decides,
         atomically: the step is applied only from the statuses a person may leave)."""

@@ -21,6 +21,8 @@ Key layout under ``{key_prefix}router:`` (one Redis, not a cluster: the scripts 
                                   mark: ``device:busy``, ``device:unavailable``, cti/router/reconcile.py)
     agents                set     every agent id
     wrap                  zset    agents in wrap-up, by when it ends
+    changes               stream  every status written (a agent, s status, r reason, c call, w wrap-up end
+                                  ms), the entry id Redis's clock when it was; about 10 000 kept
     r:any, r:group:<g>,   zset    ready agents, by idle_since_ms, under each of their groups and
     r:skill:<s>:<level>           skills, at their level
 
@@ -66,7 +68,7 @@ from routing.config import RoutingConfig
 from routing.model import AgentState, AgentStatus, Requirements, WaitingCall
 from routing.trace import Decision, Passed, Reason, Trace
 
-__all__ = ["MAX_MS", "AgentCall", "HeldCall", "RouterStore", "Settled", "Transition"]
+__all__ = ["MAX_MS", "AgentCall", "HeldCall", "RouterStore", "Settled", "StatusChange", "Transition"]
 
 #: Times (ms) must be within ±2**51, so every difference Lua takes stays below 2**53.
 MAX_MS = 2**51
@@ -206,6 +208,18 @@ class Settled:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One status written to the store: ``at_ms`` is Redis's clock then; ``call`` what it is about."""
+
+    agent: str
+    status: AgentStatus
+    at_ms: int
+    reason: str | None = None
+    call: str | None = None
+    wrap_until_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     """What :meth:`RouterStore.transition` did: ``changed`` by this call, and the status before
     (None for an agent the store does not have)."""
@@ -308,6 +322,43 @@ class RouterStore:
                                                 expect_call or "", status, _ms(now_ms, "now_ms"), reason or "",
                                                 call or "", until])
         return Transition(bool(moved), _status(_text(before)) if _text(before) else None)
+
+    async def extend_wrap_up(self, agent_id: str, seconds: int, *,
+                             now_ms: int) -> tuple[int | None, AgentStatus | None]:
+        """A wrap-up going on ends ``seconds`` later (from its end, or from now once that has passed):
+        (the new end ms, the status); (None, the status) when the agent is not in wrap-up, (None, None)
+        for an agent the store lacks."""
+        until, status = await self._agent(args=[self._ns, "extend", agent_id, _ms(now_ms, "now_ms"),
+                                                _ms(seconds * 1000, "seconds")])
+        current = _status(_text(status)) if _text(status) else None
+        return (int(until) if int(until) else None), current
+
+    async def open_changes(self, group: str) -> None:
+        """The consumer group the servers share, so each status change is pushed by one of them; made
+        at the stream's end the first time (older changes were the store's, not news)."""
+        try:
+            await self._redis.xgroup_create(f"{self._ns}changes", group, id="$", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def changes(self, group: str, consumer: str, *, count: int = 256,
+                      block_ms: int = 1000) -> list[StatusChange]:
+        """The next status changes for this server (none after ``block_ms``), each delivered to one
+        consumer of ``group``; not acknowledged (NOACK): a server that dies with some in hand loses
+        only their pushes, the statuses are in the store."""
+        reply: Any = await self._redis.xreadgroup(group, consumer, {f"{self._ns}changes": ">"}, count=count,
+                                                  block=block_ms, noack=True)
+        out: list[StatusChange] = []
+        if isinstance(reply, dict):  # RESP3 answers a map of stream -> entries
+            reply = list(reply.items())
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                f = {_text(k): _text(v) for k, v in fields.items()}
+                wrap = f.get("w", "")
+                out.append(StatusChange(f["a"], _status(f["s"]), int(_text(entry_id).split("-", 1)[0]),
+                                        f.get("r") or None, f.get("c") or None, int(float(wrap)) if wrap else None))
+        return out
 
     async def end_wrap_ups(self, now_ms: int) -> list[str]:
         """Every wrap-up due by ``now_ms`` ends (the agent is ready, idle from now); returns who, so the

@@ -34,7 +34,10 @@ def token_view(record: TokenRecord) -> dict[str, Any]:
 
 def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: TokenStore | None,
                    snapshot: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
-                   ws_base: Callable[[web.Request], str] | None = None) -> list[web.RouteDef]:
+                   ws_base: Callable[[web.Request], str] | None = None,
+                   choices: Callable[[], dict[str, Any]] | None = None) -> list[web.RouteDef]:
+    """``choices``: what the agent's console offers (routing mode, not-ready reasons, dispositions),
+    read at each request: the routing config can change under a running server."""
     def websocket_base(request: web.Request) -> str:
         if ws_base is not None:
             return ws_base(request)
@@ -60,8 +63,10 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
             "websocket": {"url": websocket_base(request) + WS_PATH.replace("{agent}", one),
                           "auth": "Authorization: Bearer <token>, or ?token=<token> from a browser",
                           "resume": "?since=<last seq seen>"},
-            "http": {"snapshot": f"/api/agents/{one}/snapshot", "calls": "/api/calls", "me": "/api/me"},
+            "http": {"snapshot": f"/api/agents/{one}/snapshot", "calls": "/api/calls", "me": "/api/me",
+                     "calls_today": f"/api/agents/{one}/calls/today"},
             "mqtt": None,
+            "commands": choices() if choices is not None else None,
         }
         if mqtt is not None and mqtt.enabled:
             prefix = f"{mqtt.topic_prefix}/agents/{one}"
@@ -69,7 +74,8 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
                 "host": mqtt.public_host or urlsplit(f"//{request.host}").hostname or mqtt.host,
                 "port": mqtt.public_port or mqtt.port,
                 "username": agent_id or who.subject, "password": "<your token>",
-                "topics": {"events": f"{prefix}/events", "state": f"{prefix}/state"},
+                "topics": {"events": f"{prefix}/events", "state": f"{prefix}/state",
+                           "commands": f"{prefix}/commands"},
                 "qos": 1,
             }
         return web.json_response(body)
