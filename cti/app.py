@@ -186,7 +186,7 @@ class CtiServer:
 
         extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ()),
                  *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot,
-                                 choices=self._command_choices),
+                                 choices=self._command_choices, view=self.views.view),
                  *command_routes(self.run_command), *calls_routes(agents=self.agents, history=self.calllog)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of), extra_routes=extra,

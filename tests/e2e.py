@@ -44,6 +44,13 @@ def make_config(*, redis_url: str, mqtt_port: int, **sim: Any) -> Config:
     })
 
 
+def own_topics(config: Config) -> Config:
+    """A topic prefix of the test's own: retained messages on the session's broker outlive a test, and
+    the next one must not read them as its own."""
+    return config.model_copy(update={"mqtt": config.mqtt.model_copy(
+        update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}/v1"})})
+
+
 @dataclass
 class Inbox:
     """Envelopes one agent client received, with a way to wait for the one a test needs."""

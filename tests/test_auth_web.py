@@ -5,6 +5,7 @@ supervisor's reaches everyone, only an admin manages tokens, and listed origins 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import pytest
@@ -92,6 +93,16 @@ async def test_http_and_websocket_need_a_token_and_see_only_their_agent(redis_ur
 
                 assert await calls(tokens["alice"]) == {first, second} - {bobs_call}
                 assert await calls(tokens["sup"]) >= {first, second}
+
+                async def states(token: str) -> dict[str, Any]:
+                    async with session.get(f"{base}/api/agents/states", headers=_bearer(token)) as r:
+                        assert r.status == 200
+                        return {a["id"]: a for a in (await r.json())["agents"]}
+
+                assert list(await states(tokens["alice"])) == ["alice"], "an agent's overview is themselves only"
+                everyone = await states(tokens["sup"])
+                assert sorted(everyone) == sorted(a.id for a in server.config.agents)
+                assert everyone["bob"]["ringing"] + everyone["bob"]["on_calls"] == 1
                 for task in listeners:
                     task.cancel()
 

@@ -30,7 +30,7 @@ from playwright.async_api import BrowserContext, WebSocketRoute, async_playwrigh
 from cti.app import CtiServer
 from cti.config import AuthConfig
 from cti.sim.server import AmiServer
-from tests.e2e import Inbox, ManualClock, eventually, make_config, running, ws_listener
+from tests.e2e import Inbox, ManualClock, eventually, make_config, own_topics, running, ws_listener
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -98,7 +98,7 @@ async def _retained_state(port: int, topic: str, *, at_least_seq: int) -> dict[s
 
 
 async def test_agent_console_pops_hangs_up_and_changes_state(redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
-    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port, ring_s=1)
+    config = own_topics(make_config(redis_url=redis_url, mqtt_port=mqtt_port, ring_s=1))
     config = config.model_copy(update={"auth": AuthConfig(enabled=True)})
     clock = ManualClock()
     async with running(config, clock=clock) as (sim, server), aiohttp.ClientSession() as session:

@@ -130,6 +130,8 @@ _KEYS = ["Event", "Response", "ActionID", "Variable", "Value", "Linkedid", "X"]
 _LINE = st.one_of(
     st.tuples(st.sampled_from(_KEYS), st.text(alphabet="ab: CTI_x", max_size=8)).map(lambda kv: f"{kv[0]}: {kv[1]}"),
     st.sampled_from(_KEYS).map(lambda k: f"{k}:"),  # a key with an empty value and no space
+    st.tuples(st.sampled_from(_KEYS), st.text(alphabet="ab:x", min_size=1, max_size=4)).map(
+        lambda kv: f"{kv[0]}:{kv[1]}"),  # no space after the colon: not a field (a body line)
     st.just("--END COMMAND--"),  # a body line
 )
 

@@ -16,29 +16,29 @@ from structlog.testing import capture_logs
 
 from cti.app import CtiServer
 from cti.config import AuthConfig, Config
-from tests.e2e import Inbox, eventually, make_config, running, ws_listener
+from tests.e2e import Inbox, eventually, make_config, own_topics, running, ws_listener
 from tests.test_e2e_cti_mode import cti_config, cti_running, place
 
 pytestmark = pytest.mark.network
 
 
-async def _retained_state(port: int, agent: str) -> dict[str, Any]:
+async def _retained_state(port: int, agent: str, prefix: str) -> dict[str, Any]:
     """What a client that subscribes now is told at once: the retained state envelope (one that
     arrives live, published just as it subscribed, is not it: subscribe again)."""
     async with asyncio.timeout(10):
         while True:
             async with aiomqtt.Client("127.0.0.1", port, identifier=f"test-retained-{agent}") as client:
-                await client.subscribe(f"cti/v1/agents/{agent}/state", qos=1)
+                await client.subscribe(f"{prefix}/agents/{agent}/state", qos=1)
                 async for message in client.messages:
                     if message.retain:
                         return dict(json.loads(message.payload))  # type: ignore[arg-type]
                     break
 
 
-async def _eventually_retained(port: int, agent: str, state: str) -> dict[str, Any]:
+async def _eventually_retained(port: int, agent: str, state: str, prefix: str) -> dict[str, Any]:
     async with asyncio.timeout(20):
         while True:
-            envelope = await _retained_state(port, agent)
+            envelope = await _retained_state(port, agent, prefix)
             if envelope["payload"].get("state") == state:
                 return envelope
             await asyncio.sleep(0.05)
@@ -50,7 +50,8 @@ def _states(inbox: Inbox) -> list[str]:
 
 async def test_cti_mode_pushes_every_routing_state_and_wrap_up_can_be_extended_then_ended(
         redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
-    config = cti_config(redis_url, mqtt_port, tmp_path)
+    config = own_topics(cti_config(redis_url, mqtt_port, tmp_path))
+    prefix = config.mqtt.topic_prefix
     (tmp_path / "routing.yaml").write_text((tmp_path / "routing.yaml").read_text().replace("wrapup_s: 1",
                                                                                         "wrapup_s: 120"))
     async with cti_running(config) as (sim, server):
@@ -74,39 +75,42 @@ async def test_cti_mode_pushes_every_routing_state_and_wrap_up_can_be_extended_t
             assert reply["wrap_up_ends_at"] == pytest.approx(payload["wrap_up_ends_at"] + 30, abs=0.01)
             extended = await inbox.wait_for(lambda e: e["type"] == "agent.state" and e["seq"] > wrap["seq"])
             assert extended["payload"]["wrap_up_ends_at"] == reply["wrap_up_ends_at"]
-            retained = await _retained_state(mqtt_port, "alice")
+            retained = await _retained_state(mqtt_port, "alice", prefix)
             assert retained["id"] == extended["id"]  # the same envelope, so a client on both dedupes it
 
             assert (await server.run_command("alice", {"command": "end_wrap_up"}))[0] == 200
             await inbox.wait_for(lambda e: e["type"] == "agent.state" and e["payload"]["state"] == "ready"
                                  and e["seq"] > extended["seq"])
-            await _eventually_retained(mqtt_port, "alice", "ready")
+            await _eventually_retained(mqtt_port, "alice", "ready", prefix)
             code, reply = await server.run_command("alice", {"command": "extend_wrap_up", "seconds": 30})
             assert code == 409 and reply["details"]["current"] == "ready"
             listener.cancel()
 
 
 async def test_observe_mode_state_follows_the_queue_member_and_is_retained(redis_url: str, mqtt_port: int) -> None:
-    async with running(make_config(redis_url=redis_url, mqtt_port=mqtt_port)) as (_sim, server):
-        envelope = await _eventually_retained(mqtt_port, "alice", "ready")
+    config = own_topics(make_config(redis_url=redis_url, mqtt_port=mqtt_port))
+    prefix = config.mqtt.topic_prefix
+    async with running(config) as (_sim, server):
+        envelope = await _eventually_retained(mqtt_port, "alice", "ready", prefix)
         assert envelope["payload"]["mode"] == "observe" and envelope["payload"]["reason"] is None
         assert (await server.run_command("alice", {"command": "not_ready", "reason": "lunch"}))[0] == 200
-        paused = await _eventually_retained(mqtt_port, "alice", "not_ready")
+        paused = await _eventually_retained(mqtt_port, "alice", "not_ready", prefix)
         assert paused["payload"]["reason"] == "lunch" and paused["seq"] > envelope["seq"]
         assert paused["payload"]["since"] >= envelope["payload"]["since"]
 
 
 def _auth_config(redis_url: str, mqtt_port: int) -> Config:
-    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port)
+    config = own_topics(make_config(redis_url=redis_url, mqtt_port=mqtt_port))
     return config.model_copy(update={"auth": AuthConfig(enabled=True)})
 
 
 async def test_commands_over_mqtt_need_the_agents_token(redis_url: str, mqtt_port: int) -> None:
-    async with running(_auth_config(redis_url, mqtt_port)) as (sim, server):
+    config = _auth_config(redis_url, mqtt_port)
+    async with running(config) as (sim, server):
         assert server.tokens is not None
         alice, _ = await server.tokens.issue("alice", "agent")
         bob, _ = await server.tokens.issue("bob", "agent")
-        topic = "cti/v1/agents/alice/commands"
+        topic = f"{config.mqtt.topic_prefix}/agents/alice/commands"
         with capture_logs() as logs:
             async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="test-commands") as client:
                 for forged in ({"command": "not_ready", "reason": "break", "id": "no-token"},

@@ -105,20 +105,22 @@ class Message:
         return self._body
 
     def _first(self, key: str) -> str | None:
-        """The first value of ``key``, found in the unparsed text (a line starts with ``key: ``)."""
+        """The first value of ``key``, found in the unparsed text in one scan: the first line that starts
+        with ``key:`` is the key's first line, and when it reads ``key: value`` that is the value. Any
+        other shape there (an empty ``Key:``, ``Key:value``) is left to the parse to decide."""
         text, eol = self._text, self._eol
-        prefix = key + ": "
-        if text.startswith(prefix):
-            start = len(prefix)
+        if text.startswith(key + ":"):
+            start = len(key) + 1
         else:
-            at = text.find(eol + prefix)
-            if at < 0:  # absent, or only as ``Key:`` with nothing after it: the parse decides that
-                return self.fields.get(key) if key + ":" in text else None
-            if text.startswith(key + ":" + eol) or text.find(eol + key + ":" + eol, 0, at + len(eol)) >= 0:
-                return self.fields.get(key)  # an empty ``Key:`` comes first, and the first value counts
-            start = at + len(eol) + len(prefix)
+            needle = eol + key + ":"
+            at = text.find(needle)
+            if at < 0:
+                return None
+            start = at + len(needle)
+        if not text.startswith(" ", start):
+            return self.fields.get(key)
         end = text.find(eol, start)
-        return text[start:] if end < 0 else text[start:end]
+        return text[start + 1:] if end < 0 else text[start + 1:end]
 
     @property
     def event(self) -> str | None:

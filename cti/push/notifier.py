@@ -135,6 +135,7 @@ class AgentNotifier:
         per gathering rather than per batch (a round trip per batch was a third of a call's CPU)."""
         assert self._history is not None
         while True:
+            raise_if_cancelling()  # redis-py can swallow a stop inside append: then the wait below is for ever
             if not self._unstored:
                 self._to_store.clear()
                 await self._to_store.wait()

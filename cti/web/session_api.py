@@ -19,6 +19,7 @@ from cti.auth.store import TokenStore
 from cti.auth.tokens import ROLES, TokenRecord
 from cti.auth.web import principal, require, require_agent
 from cti.config import MqttConfig
+from cti.push.history import AgentView
 from cti.push.ws import WS_PATH
 from cti.web.routes import error_response
 
@@ -35,7 +36,8 @@ def token_view(record: TokenRecord) -> dict[str, Any]:
 def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: TokenStore | None,
                    snapshot: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
                    ws_base: Callable[[web.Request], str] | None = None,
-                   choices: Callable[[], dict[str, Any]] | None = None) -> list[web.RouteDef]:
+                   choices: Callable[[], dict[str, Any]] | None = None,
+                   view: Callable[[str], AgentView] | None = None) -> list[web.RouteDef]:
     """``choices``: what the agent's console offers (routing mode, not-ready reasons, dispositions),
     read at each request: the routing config can change under a running server."""
     def websocket_base(request: web.Request) -> str:
@@ -79,6 +81,19 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
                 "qos": 1,
             }
         return web.json_response(body)
+
+    async def agent_states(request: web.Request) -> web.Response:
+        """Every agent the token may see, with the state their screens show and how many calls ring or
+        are up: a supervisor's overview (an agent's token lists only themselves)."""
+        who = await principal(request)
+        rows = []
+        for agent in agents:
+            if who.may_see(agent.id):
+                shown = view(agent.id) if view is not None else AgentView()
+                rows.append({"id": agent.id, "name": agent.name, "seq": shown.seq, "state": shown.state,
+                             "ringing": sum(c["type"] == "call.offered" for c in shown.calls.values()),
+                             "on_calls": sum(c["type"] == "call.answered" for c in shown.calls.values())})
+        return web.json_response({"agents": rows})
 
     async def agent_snapshot(request: web.Request) -> web.Response:
         """The agent's state, ringing offers and calls up, consistent with ``seq``: show it, then resume
@@ -135,5 +150,6 @@ def session_routes(*, agents: AgentRegistry, mqtt: MqttConfig | None, tokens: To
 
     return [web.get("/api/me", me), web.get("/api/client-config", client_config),
             web.get("/api/agents/{agent}/snapshot", agent_snapshot),
+            web.get("/api/agents/states", agent_states),
             web.get("/api/tokens", list_tokens), web.post("/api/tokens", issue_token),
             web.delete("/api/tokens/{id}", revoke_token)]

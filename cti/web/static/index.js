@@ -10,10 +10,17 @@ const cti = new CtiClient({token: CtiClient.tokenFromPage()});
 async function refresh() {
   if (!cti.token) { $("#ami").textContent = "sign in to see calls"; return; }
   try {
-    const [state, health] = await Promise.all([cti.api("/api/calls"), fetch("/healthz").then(r => r.json())]);
+    const [state, health, people] = await Promise.all([cti.api("/api/calls"), fetch("/healthz").then(r => r.json()),
+      cti.api("/api/agents/states")]);
     $("#ami").textContent = health.ami_connected ? "AMI connected" : "AMI down";
     $("#ami").className = "badge " + (health.ami_connected ? "on" : "off");
     const now = Date.now() / 1000;
+    // Every agent's state as their own screen shows it (the same envelopes, folded by the server).
+    $("#agent-states").replaceChildren(...people.agents.map(a => {
+      const s = a.state || {};
+      const since = typeof s.since === "number" ? Math.max(0, Math.round(now - s.since)) + " s" : null;
+      return row([a.name, (s.state || s.status || "unknown").replace("_", " "), s.reason, since, a.ringing, a.on_calls]);
+    }));
     $("#queues").replaceChildren(...state.queues.map(q => row([q.name, q.waiting, q.answered, q.abandoned, q.unanswered])));
     $("#calls").replaceChildren(...state.calls.map(c => row([c.caller, c.queue, c.position, c.agent,
       c.arrived_at ? Math.round(now - c.arrived_at) + " s" : null])));
