@@ -44,6 +44,18 @@ def make_config(*, redis_url: str, mqtt_port: int, **sim: Any) -> Config:
     })
 
 
+def with_auth(config: Config) -> Config:
+    """The config with tokens required (make_config turns auth off for the tests that are not about it)."""
+    return config.model_copy(update={"auth": config.auth.model_copy(update={"enabled": True})})
+
+
+async def token_headers(server: CtiServer, subject: str, role: str = "agent") -> dict[str, str]:
+    """A new token for ``subject``, as the header that sends it."""
+    assert server.tokens is not None
+    token, _ = await server.tokens.issue(subject, role)  # type: ignore[arg-type]
+    return {"Authorization": f"Bearer {token}"}
+
+
 def own_topics(config: Config) -> Config:
     """A topic prefix of the test's own: retained messages on the session's broker outlive a test, and
     the next one must not read them as its own."""

@@ -15,8 +15,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from cti.app import CtiServer
-from cti.config import AuthConfig, Config
-from tests.e2e import Inbox, eventually, make_config, own_topics, running, ws_listener
+from cti.config import Config
+from tests.e2e import Inbox, eventually, make_config, own_topics, running, with_auth, ws_listener
 from tests.test_e2e_cti_mode import cti_config, cti_running, place
 
 pytestmark = pytest.mark.network
@@ -100,8 +100,7 @@ async def test_observe_mode_state_follows_the_queue_member_and_is_retained(redis
 
 
 def _auth_config(redis_url: str, mqtt_port: int) -> Config:
-    config = own_topics(make_config(redis_url=redis_url, mqtt_port=mqtt_port))
-    return config.model_copy(update={"auth": AuthConfig(enabled=True)})
+    return with_auth(own_topics(make_config(redis_url=redis_url, mqtt_port=mqtt_port)))
 
 
 async def test_commands_over_mqtt_need_the_agents_token(redis_url: str, mqtt_port: int) -> None:

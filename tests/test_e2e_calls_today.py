@@ -9,29 +9,22 @@ from typing import Any
 
 import aiohttp
 
-from cti.app import CtiServer
-from cti.config import AuthConfig, Config, HistoryConfig
+from cti.config import Config, HistoryConfig
 from cti.push.calllog import RECORD_FIELDS, day_of
-from tests.e2e import Inbox, make_config, running, ws_listener
+from tests.e2e import Inbox, make_config, running, token_headers, with_auth, ws_listener
 
 ZONE = "Asia/Shanghai"
 
 
 def _config(redis_url: str, mqtt_port: int) -> Config:
-    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port)
-    return config.model_copy(update={"auth": AuthConfig(enabled=True), "history": HistoryConfig(timezone=ZONE)})
-
-
-async def _token(server: CtiServer, subject: str, role: str = "agent") -> dict[str, str]:
-    assert server.tokens is not None
-    token, _ = await server.tokens.issue(subject, role)  # type: ignore[arg-type]
-    return {"Authorization": f"Bearer {token}"}
+    config = with_auth(make_config(redis_url=redis_url, mqtt_port=mqtt_port))
+    return config.model_copy(update={"history": HistoryConfig(timezone=ZONE)})
 
 
 async def test_an_answered_call_is_listed_with_the_disposition_the_agent_set(redis_url: str, mqtt_port: int) -> None:
     async with running(_config(redis_url, mqtt_port)) as (sim, server):
-        alice, bob = await _token(server, "alice"), await _token(server, "bob")
-        supervisor = await _token(server, "sue", "supervisor")
+        alice, bob = await token_headers(server, "alice"), await token_headers(server, "bob")
+        supervisor = await token_headers(server, "sue", "supervisor")
         base = f"http://127.0.0.1:{server.http_port}"
         inbox, opened = Inbox(), asyncio.Event()
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:

@@ -9,20 +9,12 @@ from typing import Any
 
 import aiohttp
 
-from cti.app import CtiServer
-from cti.config import AuthConfig, Config
-from tests.e2e import Inbox, make_config, running, ws_listener
+from cti.config import Config
+from tests.e2e import Inbox, make_config, running, token_headers, with_auth, ws_listener
 
 
 def _config(redis_url: str, mqtt_port: int) -> Config:
-    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port)
-    return config.model_copy(update={"auth": AuthConfig(enabled=True)})
-
-
-async def _token(server: CtiServer, subject: str, role: str = "agent") -> dict[str, str]:
-    assert server.tokens is not None
-    token, _ = await server.tokens.issue(subject, role)  # type: ignore[arg-type]
-    return {"Authorization": f"Bearer {token}"}
+    return with_auth(make_config(redis_url=redis_url, mqtt_port=mqtt_port))
 
 
 def _sent(sim: Any, action: str) -> list[dict[str, str]]:
@@ -31,7 +23,7 @@ def _sent(sim: Any, action: str) -> list[dict[str, str]]:
 
 async def test_not_ready_ready_hangup_and_dial_reach_asterisk(redis_url: str, mqtt_port: int) -> None:
     async with running(_config(redis_url, mqtt_port)) as (sim, server):
-        alice = await _token(server, "alice")
+        alice = await token_headers(server, "alice")
         base = f"http://127.0.0.1:{server.http_port}"
         inbox, opened = Inbox(), asyncio.Event()
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
@@ -58,7 +50,7 @@ async def test_not_ready_ready_hangup_and_dial_reach_asterisk(redis_url: str, mq
             assert status == 400 and reply["error_id"] == "bad-command" and "number" in reply["message"]
             status, reply = await command({"command": "teleport"})
             assert status == 400 and "known" in reply["details"]
-            bob = await _token(server, "bob")
+            bob = await token_headers(server, "bob")
             status, reply = await command({"command": "ready"}, bob)
             assert status == 403, "bob's token never commands alice"
 
