@@ -383,13 +383,25 @@ async def retained(port: int, topic: str, timeout: float = 10) -> Envelope:
 async def test_only_the_last_state_is_retained_when_several_waited_for_the_broker(mqtt_port: int) -> None:
     port = free_port()
     config = MqttConfig(host="127.0.0.1", port=port, client_id=f"cti-test-states-{port}", topic_prefix=f"t{port}")
+    topic = f"t{port}/agents/alice/state"
     async with Proxy(listen_port=port, target_port=mqtt_port) as proxy, \
-            running(MqttSink(config=config, backoff=FAST)) as sink:
+            running(MqttSink(config=config, backoff=FAST)) as sink, \
+            aiomqtt.Client("127.0.0.1", mqtt_port, identifier=f"test-live-{port}") as live:
+        await live.subscribe(topic, qos=1)
         for envelope in (_state(1, "ready"), *envelopes(2, 4), _state(4, "offered"), _state(5, "on_call")):
             sink.publish(envelope)
         await proxy.start()
         await wait_until(lambda: sink.pending == 0)
-        assert (await retained(mqtt_port, f"t{port}/agents/alice/state")).seq == 5
+        assert (await retained(mqtt_port, topic)).seq == 5
+        sink.publish(_state(6, "wrap_up"))  # a marker: everything before it has arrived when it does
+        seen: list[int] = []
+        async with asyncio.timeout(10):
+            async for message in live.messages:
+                assert isinstance(message.payload, bytes)
+                seen.append(Envelope.from_json(message.payload).seq)
+                if seen[-1] == 6:
+                    break
+        assert seen == [5, 6], "the three states that waited went out once, as the last of them"
 
 
 async def test_a_restarted_broker_that_lost_its_retained_states_gets_them_again(broker: Broker,

@@ -101,6 +101,7 @@ class MqttSink:
         self._unacked: dict[int, _Message] = {}  # taken from the outbox, no PUBACK yet; in send order
         self._taken = 0
         self._states: dict[str, _Message] = {}  # each agent's last retained state, sent again on each connect
+        self._dirty: set[str] = set()  # agents whose last state is not published yet (one mark queued each)
         self._commands = commands
         self.connected = False
         self.dropped = 0
@@ -124,15 +125,22 @@ class MqttSink:
         prefix = self._config.topic_prefix
         self._put(_Message(agent_topic(prefix, envelope.agent), False, envelope))  # an unsafe id raises here
         if envelope.type == STATE:
-            state = self._states[envelope.agent] = _Message(agent_topic(prefix, envelope.agent, "state"), True,
-                                                            envelope)
-            self._put(state)
+            # The retained topic needs only the last state: one mark per agent waits in the outbox and
+            # sends whatever state is the last when its turn comes, so a burst publishes once.
+            agent = envelope.agent
+            self._states[agent] = _Message(agent_topic(prefix, agent, "state"), True, envelope)
+            if agent not in self._dirty:
+                self._dirty.add(agent)
+                self._put(self._states[agent])
 
     def _put(self, message: _Message) -> None:
         try:
             self._outbox.put_nowait(message)
         except asyncio.QueueFull:
-            oldest = self._outbox.get_nowait().envelope
+            dropped = self._outbox.get_nowait()
+            if dropped.retain:  # the agent's next state queues a mark again
+                self._dirty.discard(dropped.envelope.agent)
+            oldest = dropped.envelope
             self.dropped += 1
             log.warning("mqtt.outbox_full_dropped", agent=oldest.agent, seq=oldest.seq, type=oldest.type,
                         outbox_size=self._outbox.maxsize)
@@ -268,23 +276,17 @@ class MqttSink:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._expire(sent, loop), name="cti.mqtt.acks")
                 left = list(self._unacked.items())  # by the last connection, oldest first
-                # Every agent's last state first (a restarted broker may have lost it). A retained state
-                # is sent only while it is the agent's last one, and only once per connection: an older
-                # one sent later would replace the newer on the broker.
-                resent: set[str] = set()
+                # Every agent's last state first (a restarted broker may have lost it); the states left
+                # unacknowledged and the marks queued are then done with. A mark sends the agent's
+                # state at its turn only if it changed since: never an older one after a newer.
+                self._dirty.clear()
                 for state in list(self._states.values()):
                     await slots.acquire()
                     key = self._taken = self._taken + 1
                     self._unacked[key] = state
                     send(key, state)
-                    resent.add(state.envelope.id)
-
-                def stale(message: _Message) -> bool:
-                    return message.retain and (self._states.get(message.envelope.agent) is not message
-                                               or message.envelope.id in resent)
-
                 for key, message in left:
-                    if stale(message):
+                    if message.retain:
                         del self._unacked[key]
                         continue
                     await slots.acquire()
@@ -292,9 +294,13 @@ class MqttSink:
                 while True:
                     await slots.acquire()
                     message = await self._outbox.get()
-                    if stale(message):
-                        slots.release()
-                        continue
+                    if message.retain:
+                        agent = message.envelope.agent
+                        if agent not in self._dirty:
+                            slots.release()
+                            continue
+                        self._dirty.discard(agent)
+                        message = self._states[agent]
                     key = self._taken = self._taken + 1
                     self._unacked[key] = message  # before any await: a drop from here on sends it again
                     send(key, message)
