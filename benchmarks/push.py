@@ -194,12 +194,14 @@ async def _settle(done: Callable[[], bool], timeout: float) -> None:
 
 
 async def cti_role(spec: dict[str, Any], out: TextIO) -> None:
-    """The product's push path: AgentViews, WebSocketHub and MqttSink behind AgentNotifier with
-    RedisSequencer and the per-agent RedisHistory, as ``cti serve`` wires them."""
+    """The product's push path: AgentViews, WebSocketHub, MqttSink and the CallLog behind AgentNotifier
+    with RedisSequencer and the per-agent RedisHistory, as ``cti serve`` wires them (the call log only
+    looks at a pop: it records ended calls, so its writer task has nothing to do here)."""
     import redis.asyncio as aioredis
     from aiohttp import web
 
     from cti.config import MqttConfig
+    from cti.push.calllog import CallLog, RedisCallStore
     from cti.push.envelope import RedisSequencer
     from cti.push.history import AgentViews, RedisHistory
     from cti.push.mqtt import MqttSink
@@ -214,6 +216,7 @@ async def cti_role(spec: dict[str, Any], out: TextIO) -> None:
     mqtt = MqttSink(config=MqttConfig(host="127.0.0.1", port=spec["mqtt_port"], client_id="bench-cti-server",
                                       topic_prefix=TOPIC_PREFIX)) if "mqtt" in transports else None
     sinks += [s for s in (hub, mqtt) if s is not None]
+    sinks.append(CallLog(RedisCallStore(redis, key_prefix="bench:")))
     notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix="bench:"), sinks=sinks,
                              history=RedisHistory(redis, key_prefix="bench:"))
     app = web.Application()

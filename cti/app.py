@@ -33,11 +33,12 @@ from cti.ami.codec import Message
 from cti.auth.store import TokenStore
 from cti.auth.tokens import TokenError
 from cti.auth.web import AUTH, cors_middleware, require_agent
-from cti.commands import CommandError, CommandExecutor, RedisDispositions, parse_command
+from cti.commands import CommandError, CommandExecutor, parse_command
 from cti.config import Config
 from cti.directory.cache import CachedDirectory
 from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
+from cti.dispositions import RedisDispositions
 from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS, ROUTING_OUTCOMES
 from cti.model.reducer import CallModel
 from cti.model_store import ModelStore

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cti.commands import RedisDispositions
+from cti.dispositions import RedisDispositions
 from cti.push.calllog import (
     KEEP_DAYS,
     RECORD_FIELDS,

@@ -54,7 +54,7 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from cti.commands import RedisDispositions
+from cti.dispositions import RedisDispositions
 from cti.push.envelope import Envelope
 from cti.supervise import raise_if_cancelling
 
@@ -205,7 +205,7 @@ class CallStore(Protocol):
 
 class RedisCallStore:
     """``{prefix}agent:{agent}:calls:{day}``: a hash, envelope id -> record JSON, expiring ``ttl_s`` after
-    its last write. Dispositions are read where :class:`cti.commands.RedisDispositions` keeps them."""
+    its last write. Dispositions are read where :class:`cti.dispositions.RedisDispositions` keeps them."""
 
     def __init__(self, redis: Any, *, key_prefix: str = "cti:", ttl_s: int = TTL_S) -> None:
         self.redis = redis
