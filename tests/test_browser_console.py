@@ -46,9 +46,9 @@ CALLER = "8613900000001"  # Li Na of Orient Bank in config/customers.yaml: VIP t
 HOSTILE_NAME = '<img src=x onerror="window.__pwned=1">'
 
 
-async def _token(server: CtiServer, subject: str) -> str:
+async def _token(server: CtiServer, subject: str, role: str = "agent") -> str:
     assert server.tokens is not None
-    token, _ = await server.tokens.issue(subject, "agent")
+    token, _ = await server.tokens.issue(subject, role)  # type: ignore[arg-type]
     return token
 
 
@@ -118,13 +118,15 @@ async def test_agent_console_pops_hangs_up_and_changes_state(redis_url: str, mqt
                 try:
                     await _drive_console(browser, base=base, token=alice, sim=sim, clock=clock, inbox=inbox,
                                          tmp_path=tmp_path)
+                    await _overview(browser, base=base, supervisor=await _token(server, "sue", "supervisor"),
+                                    agent=alice, tmp_path=tmp_path)
                 finally:
                     await browser.close()
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
 
-        # Last, and marked: the server half of this is still being built (see _retained_state).
+        # Last: the state is retained on MQTT too, for a client that subscribes only now.
         ready = max((e for e in inbox.items if e["type"] == "agent.state"), key=lambda e: e["seq"])
         retained = await _retained_state(mqtt_port, f"{config.mqtt.topic_prefix}/agents/alice/state",
                                          at_least_seq=ready["seq"])
@@ -203,6 +205,23 @@ async def _drive_console(browser: BrowserContext, *, base: str, token: str, sim:
                          and _state_of(e["payload"])[0] == "ready", WAIT_S)
     await page.screenshot(path=str(tmp_path / "console-after.png"), full_page=True)
     assert not errors, f"the page threw: {errors}"
+
+
+async def _overview(browser: BrowserContext, *, base: str, supervisor: str, agent: str, tmp_path: Path) -> None:
+    """The overview page: a supervisor's token shows every agent's state; an agent's only their own."""
+    page = await browser.new_page()
+    await page.goto(f"{base}/#token={supervisor}")
+    rows = page.locator("#agent-states tr")
+    await expect(rows).to_have_count(2, timeout=WAIT_MS)  # alice and bob, the configured agents
+    await expect(rows.filter(has_text="Alice")).to_contain_text("ready", timeout=WAIT_MS)
+    await expect(rows.filter(has_text="Bob")).to_contain_text("not ready", timeout=WAIT_MS)
+    await page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+    await page.evaluate("() => localStorage.clear() || sessionStorage.clear()")
+    await page.goto("about:blank")
+    await page.goto(f"{base}/#token={agent}")
+    await expect(page.locator("#agent-states tr")).to_have_count(1, timeout=WAIT_MS)
+    await expect(page.locator("#agent-states tr")).to_contain_text("Alice")
+    await page.close()
 
 
 async def test_console_takes_down_expired_offers_and_shows_wrap_up(redis_url: str, mqtt_port: int,
