@@ -141,6 +141,7 @@ async def test_two_servers_route_300_callers_without_double_assignments_or_lost_
 
 
 @pytest.mark.network
+@pytest.mark.timeout(600)  # 60-120 s of real work, 2 minutes on a slow, busy 2-core box: a bound, not a target
 async def test_2000_callers_50_agents_two_servers_one_killed_mid_offer(redis_url: str, quiet: None) -> None:
     """The done-when run: 2,000 calls, 50 agents, two servers, the first one killed half-way through, between
     the Setvars and the Redirect of an offer; the other carries on, the reservation left behind included."""
