@@ -193,6 +193,13 @@ async def _settle(done: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.001)
 
 
+def settle_heap() -> None:
+    """The collector settings ``cti serve`` takes once started (cti/heap.py), for both servers."""
+    from cti.heap import settle_heap as settle
+
+    settle()
+
+
 async def cti_role(spec: dict[str, Any], out: TextIO) -> None:
     """The product's push path: AgentViews, WebSocketHub, MqttSink and the CallLog behind AgentNotifier
     with RedisSequencer and the per-agent RedisHistory, as ``cti serve`` wires them (the call log only
@@ -270,6 +277,7 @@ async def cti_role(spec: dict[str, Any], out: TextIO) -> None:
                 await _settle(lambda: mqtt.connected, 20)
                 if not mqtt.connected:
                     raise RuntimeError("the cti MqttSink did not connect to mosquitto")
+            settle_heap()  # as cti serve does once started
             _reply(out, {"port": port})
             async for cmd in _commands():
                 _reply(out, await run_phase(cmd))
@@ -406,6 +414,7 @@ async def bare_role(spec: dict[str, Any], out: TextIO) -> None:
 
         drainer = asyncio.create_task(drain(), name="bench.bare.drain")
         try:
+            settle_heap()  # the same collector settings as the cti server: the code is compared, not them
             _reply(out, {"port": port})
             async for cmd in _commands():
                 _reply(out, await run_phase(cmd))

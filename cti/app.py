@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import json
 import os
 import socket
@@ -39,6 +38,7 @@ from cti.directory.cache import CachedDirectory
 from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
 from cti.dispositions import RedisDispositions
+from cti.heap import settle_heap
 from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS, ROUTING_OUTCOMES
 from cti.model.reducer import CallModel
 from cti.model_store import ModelStore
@@ -487,22 +487,6 @@ class CtiServer:
         # hung this way, its SIGTERM lost while the demo issued its tokens.
         raise_if_cancelling()
         await asyncio.Event().wait()
-
-
-#: Collect the young generation every 10,000 net allocations, not 700: a call makes thousands of
-#: short-lived containers that reference counting frees anyway. Measured with benchmarks/capacity.py
-#: at 100 calls/s: ~250 young collections in 10 s became ~10 (longest 4 ms), and CPU per call fell
-#: by a fifth.
-GC_THRESHOLDS = (10_000, 20, 10)
-
-
-def settle_heap() -> None:
-    """What start-up made (modules, config, the directory import) lives as long as the process: take it
-    out of the cyclic collector's sight, so a full collection walks only what traffic made (a full
-    collection of the whole heap stalled the loop for 80-200 ms in the capacity benchmark)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def run_server(config: Config, *, demo: bool = False) -> None:
