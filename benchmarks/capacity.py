@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,6 +35,7 @@ import aiohttp
 import aiomqtt
 import yaml
 from aiohttp import web
+from pacing import paced
 
 from cti.ami.codec import Message
 from cti.config import load_config
@@ -72,16 +73,6 @@ async def _wait_healthy(port: int, timeout: float = 60) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _paced(count: int, rate: float, send: Callable[[int], Awaitable[None]]) -> None:
-    """``count`` sends at ``rate`` a second, on a schedule (not sleep-after-send, which drifts)."""
-    start = time.perf_counter()
-    for i in range(count):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await send(i)
-
-
 async def bare_mqtt(port: int, rate: float, seconds: float) -> list[float]:
     sent: dict[int, float] = {}
     got: list[float] = []
@@ -107,7 +98,7 @@ async def bare_mqtt(port: int, rate: float, seconds: float) -> list[float]:
 
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(receive(), name="cap.base.mqtt")
-            await _paced(count, rate, send)
+            await paced(count, rate, send)
             await asyncio.wait({task}, timeout=10)
             task.cancel()
     return got
@@ -152,7 +143,7 @@ async def bare_ws(rate: float, seconds: float) -> list[float]:
 
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(receive(), name="cap.base.ws")
-                await _paced(count, rate, send)
+                await paced(count, rate, send)
                 await asyncio.wait({task}, timeout=10)
                 task.cancel()
     finally:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+from pacing import paced
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parents[1]
@@ -116,16 +117,6 @@ def bare_body(key: str, seq: int, ts: str, agent: str, payload: dict[str, Any]) 
 def message_bytes() -> int:
     payload = pop_payload(1, "agent0000", "r0-rate-cti", time.time())
     return len(bare_body("0" * 32, 1_700_000_000_000, "2026-03-02T09:15:04.120Z", "agent0000", payload))
-
-
-async def _paced(count: int, rate: float, send: Callable[[int], Awaitable[None]]) -> None:
-    """``count`` sends at ``rate`` a second, on a schedule (not sleep-after-send, which drifts)."""
-    start = time.perf_counter()
-    for i in range(count):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await send(i)
 
 
 def _pct(samples: Sequence[float], q: int) -> float | None:
@@ -200,6 +191,25 @@ def settle_heap() -> None:
     settle()
 
 
+async def _flood(count: int, blocked: Callable[[], bool], send: Callable[[int], Awaitable[None]]) -> bool:
+    """Send ``count`` as fast as the path drains: ``FLOOD_CHUNK`` between two yields to the loop, none
+    while ``blocked()``. True if it stayed blocked for ``STALL_S`` (a dead broker) and gave up."""
+    i, blocked_since = 0, None
+    while i < count:
+        if blocked():
+            blocked_since = blocked_since or time.monotonic()
+            if time.monotonic() - blocked_since > STALL_S:
+                return True
+            await asyncio.sleep(0.0005)
+            continue
+        blocked_since = None
+        for j in range(i, min(i + FLOOD_CHUNK, count)):
+            await send(j)
+        i = min(i + FLOOD_CHUNK, count)
+        await asyncio.sleep(0)
+    return False
+
+
 async def cti_role(spec: dict[str, Any], out: TextIO) -> None:
     """The product's push path: AgentViews, WebSocketHub, MqttSink and the CallLog behind AgentNotifier
     with RedisSequencer and the per-agent RedisHistory, as ``cti serve`` wires them (the call log only
@@ -246,23 +256,14 @@ async def cti_role(spec: dict[str, Any], out: TextIO) -> None:
                 agent = picks[i]
                 submit(agent, "call.offered", pop_payload(i, agent, phase, time.time()))
 
-            await _paced(count, rate, send)
+            await paced(count, rate, send)
         else:
-            i, blocked_since = 0, None
-            while i < count:
-                if notifier.backlog >= FLOOD_BACKLOG or (mqtt is not None and mqtt.pending >= FLOOD_MQTT_PENDING):
-                    blocked_since = blocked_since or time.monotonic()
-                    if time.monotonic() - blocked_since > STALL_S:
-                        stalled = True
-                        break
-                    await asyncio.sleep(0.0005)
-                    continue
-                blocked_since = None
-                for j in range(i, min(i + FLOOD_CHUNK, count)):
-                    agent = picks[j]
-                    submit(agent, "call.offered", pop_payload(j, agent, phase, time.time()))
-                i = min(i + FLOOD_CHUNK, count)
-                await asyncio.sleep(0)
+            async def submit_one(j: int) -> None:
+                agent = picks[j]
+                submit(agent, "call.offered", pop_payload(j, agent, phase, time.time()))
+
+            stalled = await _flood(count, lambda: notifier.backlog >= FLOOD_BACKLOG or (
+                mqtt is not None and mqtt.pending >= FLOOD_MQTT_PENDING), submit_one)
         last = time.time()
         await _settle(lambda: notifier.backlog == 0, 30)
         return {"first": first, "last": last, "stalled": stalled,
@@ -392,22 +393,9 @@ async def bare_role(spec: dict[str, Any], out: TextIO) -> None:
                 await send_one(i, picks[i], phase, ts)
 
             if rate:
-                await _paced(count, rate, send)
+                await paced(count, rate, send)
             else:  # the same flow control as the cti server's
-                i, blocked_since = 0, None
-                while i < count:
-                    if mqtt_pending() >= FLOOD_MQTT_PENDING:
-                        blocked_since = blocked_since or time.monotonic()
-                        if time.monotonic() - blocked_since > STALL_S:
-                            stalled = True
-                            break
-                        await asyncio.sleep(0.0005)
-                        continue
-                    blocked_since = None
-                    for j in range(i, min(i + FLOOD_CHUNK, count)):
-                        await send(j)
-                    i = min(i + FLOOD_CHUNK, count)
-                    await asyncio.sleep(0)
+                stalled = await _flood(count, lambda: mqtt_pending() >= FLOOD_MQTT_PENDING, send)
             last = time.time()
             await _settle(lambda: mqtt_pending() == 0, 30)
             return {"first": first, "last": last, "stalled": stalled, "ws_slow_closed": 0, "mqtt_dropped": 0}

@@ -337,6 +337,7 @@ class Member:
         return sum(m.calls_taken for m in self.queues.values())
 
     def snapshot(self) -> dict[str, Any]:
+        state = self.state
         return {
             "agent_id": self.agent_id,
             "name": self.name,
@@ -350,8 +351,8 @@ class Member:
             "call": self.call,
             "calls_taken": self.calls_taken,
             "mode": "observe",
-            "state": self.state,
-            "reason": (self.paused_reason or None) if self.state == "not_ready" else None,
+            "state": state,
+            "reason": (self.paused_reason or None) if state == "not_ready" else None,
             "since": self.since,
         }
 
