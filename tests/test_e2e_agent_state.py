@@ -60,6 +60,9 @@ async def test_cti_mode_pushes_every_routing_state_and_wrap_up_can_be_extended_t
             listener = tg.create_task(ws_listener(f"http://127.0.0.1:{server.http_port}/ws/agents/alice",
                                                   inbox, opened))
             await asyncio.wait_for(opened.wait(), 10)
+            # every agent shows a state from the start, before any call (the router added them ready)
+            await eventually(lambda: (server.views.view("alice").state or {}).get("state") == "ready")
+            assert (await _retained_state(mqtt_port, "alice", prefix))["payload"]["state"] == "ready"
             assert (await server.run_command("bob", {"command": "not_ready", "reason": "break"}))[0] == 200
             place(sim, talk=0.5, patience=600)
             wrap = await inbox.wait_for(lambda e: e["type"] == "agent.state"

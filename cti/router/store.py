@@ -334,10 +334,12 @@ class RouterStore:
         return (int(until) if int(until) else None), current
 
     async def open_changes(self, group: str) -> None:
-        """The consumer group the servers share, so each status change is pushed by one of them; made
-        at the stream's end the first time (older changes were the store's, not news)."""
+        """The consumer group the servers share, so each status change is pushed by one of them. Made
+        from the stream's start the first time: the agents a starting router adds are written before
+        this server's pusher gets here, and a group made at the end missed their first state (an agent
+        showed no state until their first call). Once made, it resumes where the servers left off."""
         try:
-            await self._redis.xgroup_create(f"{self._ns}changes", group, id="$", mkstream=True)
+            await self._redis.xgroup_create(f"{self._ns}changes", group, id="0", mkstream=True)
         except aioredis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
