@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import getpass
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import pytest
 import structlog.testing
+from hypothesis import given
+from hypothesis import strategies as st
+from paho.mqtt import _packet as mqtt_packet
 
 from cti.ami.backoff import Backoff
 from cti.config import MqttConfig
 from cti.devservices import _binary, _process, free_port
 from cti.push.envelope import Envelope
-from cti.push.mqtt import MqttSink, agent_topic
+from cti.push.mqtt import MqttSink, _BufferedRecv, _coalesce, agent_topic
 
 pytestmark = pytest.mark.network
 
@@ -444,3 +450,113 @@ async def test_commands_reach_the_handler_and_a_stored_retained_one_does_not(mqt
             await client.publish(f"{prefix}/agents/bob/commands", b"", qos=1, retain=True)
     assert got == [("alice", b'{"command":"ready"}'), ("alice", b'{"command":"logout"}')]
     assert [e["agent"] for e in logs if e["event"] == "mqtt.command_retained_ignored"] == ["bob"]
+
+
+# --- the sink's client: paho's socket calls per batch ---------------------------------------------
+
+
+@given(stream=st.binary(min_size=0, max_size=300), chunks=st.lists(st.integers(1, 70), min_size=1, max_size=20),
+       sizes=st.lists(st.integers(1, 9), min_size=1, max_size=40))
+def test_buffered_recv_returns_the_stream_unchanged_whatever_the_read_sizes(
+        stream: bytes, chunks: list[int], sizes: list[int]) -> None:
+    """paho reads 1 byte, then the length, then the body; the socket hands over what it has. The
+    bytes paho sees are the socket's, in order, and a dry socket's BlockingIOError reaches paho."""
+    pieces, at = [], 0
+    for n in chunks * 50:
+        if at >= len(stream):
+            break
+        pieces.append(stream[at:at + n])
+        at += n
+    socket_reads = iter(pieces)
+
+    def sock_recv(size: int) -> bytes:
+        assert size == 65536
+        try:
+            return next(socket_reads)
+        except StopIteration:
+            raise BlockingIOError from None
+
+    reader = _BufferedRecv(sock_recv)
+    got = bytearray()
+    for size in sizes * 100:
+        try:
+            chunk = reader.recv(size)
+        except BlockingIOError:
+            assert reader.buffered == 0
+            break
+        assert 0 < len(chunk) <= size
+        got += chunk
+    else:
+        got += reader.recv(10_000) if reader.buffered else b""
+    assert bytes(got) == stream[:len(got)]
+    assert len(got) == len(stream) or reader.buffered == 0
+
+
+def _packet(command: int, qos: int, data: bytes, pos: int = 0) -> dict[str, object]:
+    return {"command": command, "mid": 1, "qos": qos, "pos": pos, "to_process": len(data) - pos, "packet": data,
+            "info": None}
+
+
+def test_coalesce_joins_what_is_left_of_each_queued_packet() -> None:
+    out = collections.deque([_packet(mqtt.PUBLISH | 2, 1, b"AAAA", pos=3), _packet(mqtt.PUBACK, 0, b"BB"),
+                             _packet(mqtt.PUBLISH | 2, 1, b"CCC")])
+    _coalesce(out)
+    assert len(out) == 1 and out[0]["packet"] == b"ABBCCC" and out[0]["to_process"] == 6
+    assert out[0]["pos"] == 0 and out[0]["qos"] == 1
+
+
+@pytest.mark.parametrize("special", [(mqtt.PUBLISH, 0), (mqtt.DISCONNECT, 0)])
+def test_coalesce_leaves_packets_that_have_work_to_do_once_written(special: tuple[int, int]) -> None:
+    """A QoS 0 PUBLISH calls on_publish when written, a DISCONNECT closes the socket: paho must see them."""
+    out = collections.deque([_packet(mqtt.PUBLISH | 2, 1, b"AA"), _packet(special[0], special[1], b"D")])
+    before = list(out)
+    _coalesce(out)
+    assert list(out) == before
+
+
+class _Watched(MqttSink):
+    """The sink with its paho client's socket calls counted (the counters wrap paho's own methods)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sends = self.reads = 0
+
+    def _client(self) -> Any:
+        client = super()._client()
+        paho = client.paho
+        send, recv = paho._sock_send, paho._sock_recv
+
+        def counted_send(buf: Any) -> int:
+            self.sends += 1
+            return send(buf)
+
+        def counted_recv(size: int) -> bytes:
+            self.reads += 1
+            return recv(size)
+
+        paho._sock_send, paho._sock_recv = counted_send, counted_recv  # type: ignore[method-assign]
+        return client
+
+
+async def test_a_burst_goes_in_few_sends_and_its_pubacks_in_few_reads(mqtt_port: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 envelopes published at once: delivered in order, every PUBACK counted (nothing pending, paho's
+    in-flight count back to 0), in far fewer system calls than one send and three reads per message,
+    and no PUBACK decoded through paho's reason-code and properties objects."""
+    decoded = []
+    decode = mqtt_packet.decode_puback
+    monkeypatch.setattr(mqtt_packet, "decode_puback", lambda *a: decoded.append(a) or decode(*a))
+    config = MqttConfig(host="127.0.0.1", port=mqtt_port, client_id=f"cti-test-burst-{mqtt_port}")
+    sink = _Watched(config=config, backoff=FAST)
+    async with subscriber(mqtt_port) as sub, running(sink):
+        await wait_until(lambda: sink.connected)
+        await asyncio.sleep(0.2)  # CONNACK and SUBACK read: count the burst's calls only
+        sends, reads = sink.sends, sink.reads
+        sent = envelopes(1, 301)
+        for env in sent:
+            sink.publish(env)
+        assert await receive(sub, len(sent)) == sent
+        await wait_until(lambda: sink.pending == 0)
+        assert sink.sends - sends < 100, f"{sink.sends - sends} sends for 300 publishes"
+        assert sink.reads - reads < 100, f"{sink.reads - reads} reads for 300 PUBACKs"
+    assert decoded == []
