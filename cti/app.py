@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from cti.agents import AgentRegistry
@@ -39,6 +40,7 @@ from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
 from cti.dispositions import RedisDispositions
 from cti.heap import settle_heap
+from cti.kpi.live import KpiService, RedisRepeats
 from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS, ROUTING_OUTCOMES
 from cti.model.reducer import CallModel
 from cti.model_store import ModelStore
@@ -56,9 +58,10 @@ from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
 from cti.web.calls_api import calls_routes
 from cti.web.commands_api import command_routes
-from cti.web.routes import WebState
+from cti.web.routes import REGISTRIES, WebState
 from cti.web.routing_api import routing_routes
 from cti.web.session_api import session_routes
+from cti.web.wallboard_api import kpi_routes
 from ivr_flows import Flow, FlowError
 from routing.config import RoutingConfigError, load_routing_config
 
@@ -164,17 +167,23 @@ class CtiServer:
         self.hub = WebSocketHub(agents=self.agents, allowed_origins=cfg.http.allowed_origins,
                                 authorize=require_agent, missed=self._missed, commands=self._ws_command)
         await self._restore_views()
+        self.kpis = KpiService(config=cfg.kpi, timezone=cfg.history.timezone, model=self.model, agents=self.agents,
+                               view=self.views.view,
+                               customer_of=lambda linkedid: self.pipeline.customer_of(linkedid),  # noqa: PLW0108 - made below
+                               repeats=RedisRepeats(redis, key_prefix=cfg.redis.key_prefix,
+                                                    window_s=3600 * cfg.kpi.repeat_window_h))
         sinks: list[Sink] = [self.views, self.hub]  # the views first: a snapshot is never behind a push
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(config=cfg.mqtt, commands=self._mqtt_command)
             sinks.append(self.mqtt)
         sinks.append(self.calllog)  # agents' calls of the day
+        sinks.append(self.kpis)  # the wallboard's agents
         self.notifier = AgentNotifier(sequencer=RedisSequencer(redis, key_prefix=cfg.redis.key_prefix), sinks=sinks,
                                       history=self.history)
         self.store = ModelStore(redis, self.model, key_prefix=cfg.redis.key_prefix)
         self.model.restore(await self.store.load())  # a restart resumes the calls it had
         self.pipeline = EventPipeline(model=self.model, notifier=self.notifier, directory=self.customer_cache,
-                                      subscribers=[self.store], agent_states=cfg.routing.mode != "cti",
+                                      subscribers=[self.store, self.kpis], agent_states=cfg.routing.mode != "cti",
                                       crm=cfg.crm)
         on_event: Callable[[Message], None] = self.pipeline.on_event
         if cfg.routing.mode == "cti":
@@ -188,13 +197,18 @@ class CtiServer:
         extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ()),
                  *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot,
                                  choices=self._command_choices, view=self.views.view),
-                 *command_routes(self.run_command), *calls_routes(agents=self.agents, history=self.calllog)]
+                 *command_routes(self.run_command), *calls_routes(agents=self.agents, history=self.calllog),
+                 *kpi_routes(self.kpis)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of), extra_routes=extra,
                             middlewares=[cors_middleware(cfg.http.allowed_origins)])
         if self.tokens is not None:
             app[AUTH] = self.tokens
         app.on_shutdown.append(lambda _app: self.hub.close_all())
+        app.on_shutdown.append(lambda _app: self.kpis.close_boards())
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.kpis)
+        app[REGISTRIES] = [registry]
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
@@ -220,6 +234,7 @@ class CtiServer:
                                  consumer=f"{socket.gethostname()}:{os.getpid()}")
             self._tasks.append(sup.start("cti.agent_states", states.run))
         self._tasks.append(sup.start("cti.gauges", self._gauges))
+        self._tasks.append(sup.start("cti.kpis", self.kpis.run))
         self._tasks.append(sup.start("cti.redis_watch", self._watch_redis))
         if cfg.ami.resync_interval > 0:
             interval = cfg.ami.resync_interval
@@ -509,7 +524,7 @@ async def run_server(config: Config, *, demo: bool = False) -> None:
             overview = "#token=" + (await server.tokens.issue("demo-admin", "admin", label="cti demo"))[0]
             for agent in config.agents:
                 links[agent.id] = "#token=" + (await server.tokens.issue(agent.id, "agent", label="cti demo"))[0]
-        print(f"\n  CTI server: {url}{overview}\n  agent consoles:\n"
+        print(f"\n  CTI server: {url}{overview}\n  wallboard: {url}wallboard{overview}\n  agent consoles:\n"
               + "".join(f"    {url}agents/{agent_id}{link}\n" for agent_id, link in links.items())
               + f"  MQTT: mosquitto_sub -h {config.mqtt.host} -p {config.mqtt.port} "
               f"-t '{config.mqtt.topic_prefix}/#' -v\n", flush=True)

@@ -320,6 +320,33 @@ class RoutingModeConfig(_Model):
                            "stale reservations)")
 
 
+class KpiConfig(_Model):
+    """How the wallboard, ``/api/kpis`` and ``/metrics`` count (docs/kpis.md defines each figure).
+    The day starts at midnight in ``history.timezone``."""
+
+    service_level_s: float = Field(20.0, gt=0, le=3600, description="answered within this many seconds counts as good")
+    service_level_by_queue: dict[str, float] = Field(
+        default_factory=dict, description="a threshold of its own per queue, e.g. {complaints: 20, sales: 10}")
+    service_level_basis: Literal["answered", "offered", "sl2"] = Field(
+        "answered", description="answered: of answered visits (Asternic, Wazo, app_queue's ServicelevelPerf); "
+        "offered: of offered visits (NethVoice); sl2: abandons within the threshold count as good, over "
+        "answered + abandoned (app_queue's ServicelevelPerf2)")
+    target_service_level: float = Field(0.8, gt=0, lt=1, description="the share Erlang C staffs for")
+    short_abandon_s: float = Field(5.0, ge=0, le=120, description="abandons quicker than this are not counted "
+                                   "as offered or abandoned (QueueMetrics' short calls); 0 counts them all")
+    window_s: float = Field(900.0, ge=60, le=86_400, description="the rolling window")
+    repeat_window_h: float = Field(168.0, gt=0, le=24 * 90, description="a call from a number seen within this "
+                                   "many hours is a repeat call")
+
+    @field_validator("service_level_by_queue")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        for queue, seconds in v.items():
+            if not 0 < seconds <= 3600:
+                raise ValueError(f"queue {queue!r}: a threshold is more than 0 and at most 3600 seconds")
+        return v
+
+
 class Config(_Model):
     ami: AmiConfig = AmiConfig()
     redis: RedisConfig = RedisConfig()
@@ -333,6 +360,7 @@ class Config(_Model):
     agi: AgiConfig = AgiConfig()
     routing: RoutingModeConfig = RoutingModeConfig()
     history: HistoryConfig = HistoryConfig()
+    kpi: KpiConfig = KpiConfig()
     crm: CrmLinks = []  # cti/crm.py: screen-pop links into CRMs
     log_format: Literal["auto", "json", "console"] = "auto"
 

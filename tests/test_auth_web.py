@@ -182,3 +182,25 @@ async def test_listed_origins_get_cors_and_others_do_not(redis_url: str, mqtt_po
                                         "not_ready_reasons": ["break", "lunch", "training", "meeting"]}
             async with session.get(f"{base}/api/client-config?agent=bob", headers=_bearer(tokens["alice"])) as r:
                 assert r.status == 403
+
+
+async def test_the_wallboard_and_kpis_are_for_supervisors(redis_url: str, mqtt_port: int) -> None:
+    """The board names every agent and their state: an agent's token is refused, on HTTP and WebSocket."""
+    async with running(_config(redis_url, mqtt_port)) as (_sim, server):
+        tokens = await _tokens(server)
+        base = f"http://127.0.0.1:{server.http_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/api/kpis") as r:
+                assert r.status == 401
+            async with session.get(f"{base}/api/kpis", headers=_bearer(tokens["alice"])) as r:
+                assert r.status == 403 and (await r.json())["error_id"] == "forbidden"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{base}/ws/wallboard?token={tokens['alice']}")
+            assert refused.value.status == 403
+            async with session.get(f"{base}/api/kpis", headers=_bearer(tokens["sup"])) as r:
+                assert r.status == 200
+                board = await r.json()
+            assert {a["id"] for a in board["agents"]} == {a.id for a in server.config.agents}
+            async with session.ws_connect(f"{base}/ws/wallboard?token={tokens['sup']}") as ws:
+                first = await ws.receive_json(timeout=10)
+            assert first["type"] == "kpi.board" and "today" in first and "rolling" in first

@@ -118,8 +118,9 @@ async def test_agent_console_pops_hangs_up_and_changes_state(redis_url: str, mqt
                 try:
                     await _drive_console(browser, base=base, token=alice, sim=sim, clock=clock, inbox=inbox,
                                          tmp_path=tmp_path)
-                    await _overview(browser, base=base, supervisor=await _token(server, "sue", "supervisor"),
-                                    agent=alice, tmp_path=tmp_path)
+                    supervisor = await _token(server, "sue", "supervisor")
+                    await _overview(browser, base=base, supervisor=supervisor, agent=alice, tmp_path=tmp_path)
+                    await _wallboard(browser, base=base, supervisor=supervisor, agent=alice, tmp_path=tmp_path)
                 finally:
                     await browser.close()
         finally:
@@ -221,6 +222,31 @@ async def _overview(browser: BrowserContext, *, base: str, supervisor: str, agen
     await page.goto(f"{base}/#token={agent}")
     await expect(page.locator("#agent-states tr")).to_have_count(1, timeout=WAIT_MS)
     await expect(page.locator("#agent-states tr")).to_contain_text("Alice")
+    await page.close()
+
+
+async def _wallboard(browser: BrowserContext, *, base: str, supervisor: str, agent: str, tmp_path: Path) -> None:
+    """The wallboard, after the console's call: answered and handled, pushed over its WebSocket; the
+    agents' states by name; an agent's token gets the sign-in form and no board."""
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(f"{base}/wallboard#token={supervisor}")
+    await expect(page.locator("#live")).to_have_text("live", timeout=WAIT_MS)
+    await expect(page.locator("#t-answer-today")).to_contain_text("100% of 1", timeout=WAIT_MS)
+    await expect(page.locator("#queues tr").filter(has_text="support")).to_contain_text("1", timeout=WAIT_MS)
+    await expect(page.locator("#agents tr")).to_have_count(2, timeout=WAIT_MS)
+    await expect(page.locator("#agents tr").filter(has_text="Bob")).to_contain_text("not ready", timeout=WAIT_MS)
+    await expect(page.locator("#chart polyline")).to_have_count(1, timeout=WAIT_MS)
+    shot = tmp_path / "wallboard.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    print(f"wallboard screenshot: {shot}")
+    assert not errors, f"the wallboard threw: {errors}"
+    await page.evaluate("() => sessionStorage.clear()")
+    await page.goto("about:blank")
+    await page.goto(f"{base}/wallboard#token={agent}")
+    await expect(page.locator("#signin")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#agents tr")).to_have_count(0)
     await page.close()
 
 

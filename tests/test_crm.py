@@ -129,14 +129,15 @@ def test_names_are_distinct_and_the_timezone_is_a_real_one(tmp_path: Path) -> No
 
 
 def test_the_examples_in_the_config_file_validate() -> None:
-    """config/cti.yaml's commented history and crm blocks, uncommented, are a valid config."""
+    """config/cti.yaml's commented history, kpi and crm blocks, uncommented, are a valid config."""
     lines = (ROOT / "config" / "cti.yaml").read_text(encoding="utf-8").splitlines()
     start = next(i for i, line in enumerate(lines) if line == "# history:")
     block = [line[2:] for line in lines[start:] if line.startswith("# ") and (
-        line.startswith("#  ") or line[2:].rstrip(":") in ("history", "crm"))]
+        line.startswith("#  ") or line[2:].rstrip(":") in ("history", "crm", "kpi"))]
     config = Config.model_validate(yaml.safe_load("\n".join(block)))
     assert [link.name for link in config.crm] == ["Salesforce", "Zendesk", "Dynamics 365"]
     assert config.history.timezone == "Asia/Shanghai"
+    assert config.kpi.service_level_by_queue == {"sales": 10} and config.kpi.service_level_basis == "answered"
     urls = _links("+86 139 0000 0001", None, *config.crm)
     assert urls["Salesforce"].endswith("searchTerm=%2B8613900000001")
     assert urls["Zendesk"].endswith("q=%2B86%20139%200000%200001")

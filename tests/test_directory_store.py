@@ -117,3 +117,20 @@ def test_single_line_fields_refuse_control_characters() -> None:
                                      field: "Evil\r\nAction: Originate"})
     ok = Customer.model_validate({"id": "c9", "numbers": ["13800000009"], "name": "Ok", "notes": "line 1\nline 2"})
     assert ok.notes == "line 1\nline 2"
+
+
+async def test_the_first_lookup_after_a_redis_restart_finds_the_record(tmp_path: Path) -> None:
+    """The pool's connection is to the Redis that stopped; redis-py does not retry a pipeline on it."""
+    from cti.devservices import free_port, redis_server
+
+    port = free_port()
+    with redis_server(tmp_path, port, persist=True) as url:
+        redis = aioredis.from_url(url, socket_timeout=5)
+        directory = RedisDirectory(redis, key_prefix="t:")
+        await directory.replace_all([_c("a", "8613800000001")])
+        assert (await directory.lookup("8613800000001")).id == "a"  # type: ignore[union-attr]
+    try:
+        with redis_server(tmp_path, port, persist=True):  # the same data, a new process
+            assert (await directory.lookup("8613800000001")).id == "a"  # type: ignore[union-attr]
+    finally:
+        await redis.aclose()

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT, FieldT
 
 from cti.directory.models import Customer
@@ -123,10 +124,19 @@ class RedisDirectory:
         if normalised is None:
             return None
         suffix = number_suffix(normalised)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hget(self._key("numbers"), normalised)
-            pipe.hget(self._key("suffixes"), suffix if suffix is not None else "")
-            exact, by_suffix = await pipe.execute()
+        for attempt in (1, 2):
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hget(self._key("numbers"), normalised)
+                    pipe.hget(self._key("suffixes"), suffix if suffix is not None else "")
+                    exact, by_suffix = await pipe.execute()
+                break
+            except RedisConnectionError:
+                # After a Redis restart the pool still holds connections to the old process, and
+                # redis-py retries plain commands but not pipelines: one of those costs one try (the
+                # pipeline only reads, so running it again is safe).
+                if attempt == 2:
+                    raise
         record = exact if exact is not None else (by_suffix if suffix is not None else None)
         return Customer.model_validate_json(record) if record is not None else None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 import cti.metrics  # noqa: F401 - registers the cti_* metrics that /metrics serves
 from cti.agents import AgentRegistry
@@ -130,8 +130,14 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(health, status=200 if health.get("ok") else 503)
 
 
+#: Registries of the server's own (its KPIs), served on /metrics after the process-wide one: two
+#: servers in one process (the tests) must not share one collector.
+REGISTRIES = web.AppKey("registries", list[CollectorRegistry])
+
+
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest() + b"".join(generate_latest(r) for r in request.app.get(REGISTRIES, ()))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def build_web_app(state: WebState, *, extra_routes: Sequence[web.RouteDef] = (),

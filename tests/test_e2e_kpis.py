@@ -1,0 +1,194 @@
+"""A seeded simulator run of two queues: every KPI on ``/api/kpis``, ``/metrics`` and the wallboard's
+WebSocket equals what the test works out from the simulator's own record of each call.
+
+The simulator runs on a clock the test moves, so waits and talk times are exact; callers abandon
+(some within the short-abandon threshold), overflow from ``support`` to ``sales`` after 6 s, and some
+numbers call twice (repeat calls). The delay from a call event to the wallboard's next board is
+printed, not asserted (a loaded machine is slower, not wrong)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from cti.config import AgentConfig
+from tests.e2e import ManualClock, eventually, make_config, running
+
+AGENTS = [AgentConfig(id=n.lower(), name=n, interface=f"Local/{1001 + i}@sim-agents/n", extension=str(1001 + i))
+          for i, n in enumerate(["Alice", "Bob", "Chen"])]
+THRESHOLD = {"support": 20.0, "sales": 10.0}
+SHORT_S = 5.0
+REASONS = ("timeout", "leaveempty", "joinempty", "full")
+
+
+def expected(records: list[dict[str, Any]], day: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """docs/kpis.md, from the simulator's records: per ("all", "") and ("queue", name)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def of(dim: tuple[str, str]) -> dict[str, Any]:
+        return out.setdefault(dim, {"offered": 0, "answered": 0, "abandoned": 0, "short_abandons": 0, "good": 0,
+                                    "wait": 0.0, "handled": 0, "handle": 0.0, "unanswered": {}})
+
+    for record in records:
+        for seg in record["segments"]:
+            queue = seg["queue"]
+            if queue is None or seg["left_at"] is None:
+                continue
+            if datetime.fromtimestamp(seg["left_at"], UTC).date().isoformat() != day:
+                continue
+            for dim in (("all", ""), ("queue", queue)):
+                k = of(dim)
+                if seg["outcome"] in ("answered", "transferred"):
+                    k["offered"] += 1
+                    k["answered"] += 1
+                    k["wait"] += seg["wait_s"]
+                    k["good"] += seg["wait_s"] <= THRESHOLD[queue]
+                    if seg["talk_s"] is not None:
+                        k["handled"] += 1
+                        k["handle"] += seg["talk_s"]
+                elif seg["outcome"] == "abandoned":
+                    if seg["wait_s"] < SHORT_S:
+                        k["short_abandons"] += 1
+                    else:
+                        k["offered"] += 1
+                        k["abandoned"] += 1
+                else:
+                    k["offered"] += 1
+                    reason = seg["reason"] if seg["reason"] in REASONS else "other"
+                    k["unanswered"][reason] = k["unanswered"].get(reason, 0) + 1
+    figures = {}
+    for dim, k in out.items():
+        figures[dim] = {
+            "offered": k["offered"], "answered": k["answered"], "abandoned": k["abandoned"],
+            "short_abandons": k["short_abandons"], "unanswered": k["unanswered"], "handled": k["handled"],
+            "service_level": k["good"] / k["answered"] if k["answered"] else None,
+            "answer_rate": k["answered"] / k["offered"] if k["offered"] else None,
+            "abandon_rate": k["abandoned"] / k["offered"] if k["offered"] else None,
+            "asa_s": k["wait"] / k["answered"] if k["answered"] else None,
+            "aht_s": k["handle"] / k["handled"] if k["handled"] else None,
+        }
+    return figures
+
+
+def same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
+    for key, value in want.items():
+        if isinstance(value, float):
+            assert got[key] is not None and math.isclose(got[key], value, abs_tol=2e-3), (where, key, got[key], value)
+        else:
+            assert got[key] == value, (where, key, got[key], value)
+
+
+def board_count(board: dict[str, Any]) -> int:
+    """Abandons on a board (short ones included)."""
+    total = board["today"]["all"][""]
+    return int(total["abandoned"] + total["short_abandons"])
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+async def test_every_kpi_equals_the_simulators_records(redis_url: str, mqtt_port: int) -> None:
+    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port, ring_s=1, mean_talk_s=12, mean_patience_s=15,
+                         channel_style="local", overflow_share=0.5, overflow_timeout_s=6, second_queue_share=0.7,
+                         seed=11)
+    config = config.model_copy(update={
+        "agents": AGENTS,
+        "kpi": config.kpi.model_copy(update={"service_level_by_queue": {"sales": 10.0}, "short_abandon_s": SHORT_S}),
+    })
+    clock, rnd = ManualClock(), random.Random(11)
+    boards: list[tuple[float, dict[str, Any]]] = []
+    async with running(config, clock=clock) as (sim, server), aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{server.http_port}"
+
+        async def watch() -> None:
+            async with http.ws_connect(f"{base}/ws/wallboard") as ws:
+                async for message in ws:
+                    boards.append((time.monotonic(), orjson.loads(message.data)))
+
+        async with asyncio.TaskGroup() as tg:
+            watcher = tg.create_task(watch())
+            await eventually(lambda: len(boards) >= 1)
+            placed: list[str] = []
+            numbers = [f"1390000{i:04d}" for i in range(30)]
+            delays: list[float] = []
+            for second in range(90):
+                if rnd.random() < 0.35:
+                    placed.append(sim.sim.place_call(rnd.choice(numbers), "Caller", patience=rnd.uniform(2, 45)))
+                for _ in range(4):
+                    clock.advance(0.25)
+                    sim.sim.tick()
+                    await asyncio.sleep(0)
+                waiting = [c for q in server.model.queues.values() for c in q.waiting if c in sim.sim.pbx.calls]
+                if second % 15 == 14 and waiting:  # a caller hangs up: how soon does a board show it?
+                    gone = sum(board_count(b) for _, b in boards[-1:])
+                    sent = time.monotonic()
+                    sim.sim.hangup(sim.sim.pbx.calls[waiting[0]].caller.name)
+                    await eventually(lambda g=gone: board_count(boards[-1][1]) > g, timeout=30)
+                    delays.append(boards[-1][0] - sent)
+            for linkedid in placed:
+                call = sim.sim.pbx.calls.get(linkedid)
+                if call is not None:
+                    sim.sim.hangup(call.caller.name)
+            clock.advance(1)
+            sim.sim.tick()
+            await eventually(lambda: all(c in server.model.ended for c in placed), timeout=30)
+            queued = [r for r in sim.sim.pbx.records if r["linkedid"] in placed and r["queue"] is not None]
+            await eventually(lambda: server.kpis.book.figures(clock())["today"]["all"][""]["arrivals"] == len(queued),
+                             timeout=20)
+            pushed = server.kpis.pushed
+            await eventually(lambda: server.kpis.pushed > pushed, timeout=20)  # a board after the last fact
+            await asyncio.sleep(0.5)
+            async with http.get(f"{base}/api/kpis") as response:
+                assert response.status == 200
+                api = await response.json()
+            async with http.get(f"{base}/metrics") as response:
+                metrics = metric_values(await response.text())
+            watcher.cancel()
+
+    print(f"wallboard: a board {', '.join(f'{1000 * d:.0f}' for d in delays)} ms after a fact was counted")
+    records = [r for r in sim.sim.pbx.records if r["linkedid"] in placed]
+    want = expected(records, api["day"])
+    assert want[("all", "")]["abandoned"] > 0 and want[("all", "")]["short_abandons"] > 0
+    assert 0 < want[("all", "")]["service_level"] < 1 and 0 < want[("queue", "sales")]["service_level"] < 1
+    assert want[("queue", "sales")]["answered"] > 0 and want[("queue", "support")]["unanswered"], "overflow visits"
+    board = boards[-1][1]
+    for source, figures in (("api", api), ("wallboard", board)):
+        for (kind, value), w in want.items():
+            same(figures["today"][kind][value], w, f"{source} today {kind} {value}")
+            same(figures["rolling"][kind][value], w, f"{source} 15 min {kind} {value}")  # all inside the window
+        waiting = figures["queues"]
+        assert all(q["waiting"] == 0 for q in waiting.values())
+    for (kind, value), w in want.items():
+        for key in ("offered", "answered", "abandoned", "short_abandons", "service_level", "asa_s", "aht_s"):
+            if w[key] is None:
+                continue
+            got = metrics[(f"cti_kpi_{key}", (("kind", kind), ("value", value), ("window", "today")))]
+            assert math.isclose(got, w[key], abs_tol=2e-3), (key, kind, value, got, w[key])
+        for reason, n in w["unanswered"].items():
+            labels = (("kind", kind), ("reason", reason), ("value", value), ("window", "today"))
+            assert metrics[("cti_kpi_unanswered", labels)] == n
+
+    # repeat calls: a number that reached a queue again (of the calls that reached one)
+    by_number: dict[str, int] = {}
+    for r in records:
+        if r["queue"] is not None:
+            by_number[r["caller"]] = by_number.get(r["caller"], 0) + 1
+    calls = sum(by_number.values())
+    repeats = calls - len(by_number)
+    assert repeats > 0
+    assert math.isclose(api["today"]["all"][""]["repeat_rate"], repeats / calls, abs_tol=1e-4)
+    assert metrics[("cti_kpi_agents", (("state", "ready"),))] + metrics[
+        ("cti_kpi_agents", (("state", "wrap_up"),))] == len(AGENTS)
