@@ -26,12 +26,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
+from cti.admin.routing import RoutingAdmin
+from cti.admin.versions import AuditLog, ConfigVersions
 from cti.agents import AgentRegistry
 from cti.agi import AgiServer, AgiSettings, FlowRegistry, IvrResult, customer_directory
 from cti.ami.client import AmiClient
 from cti.ami.codec import Message
 from cti.auth.store import TokenStore
-from cti.auth.tokens import TokenError
+from cti.auth.tokens import Principal, TokenError
 from cti.auth.web import AUTH, cors_middleware, require_agent
 from cti.commands import CommandError, CommandExecutor, parse_command
 from cti.config import Config
@@ -56,6 +58,7 @@ from cti.router.state_push import StatePusher
 from cti.router.store import RouterStore
 from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
+from cti.web.admin_api import admin_routes, record_forced
 from cti.web.calls_api import calls_routes
 from cti.web.commands_api import command_routes
 from cti.web.routes import REGISTRIES, WebState
@@ -115,6 +118,7 @@ class CtiServer:
         self.flows: Mapping[str, Flow] = {}
         self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
         self.router: RoutingController | None = None  # CTI routing mode only
+        self.routing_admin: RoutingAdmin | None = None  # CTI routing mode only
         self.tokens: TokenStore | None = None  # None: auth.enabled is false
         self.commands: CommandExecutor
         self.views = AgentViews()
@@ -186,19 +190,27 @@ class CtiServer:
                                       subscribers=[self.store, self.kpis], agent_states=cfg.routing.mode != "cti",
                                       crm=cfg.crm)
         on_event: Callable[[Message], None] = self.pipeline.on_event
+        self.audit = AuditLog(redis, key_prefix=cfg.redis.key_prefix)
         if cfg.routing.mode == "cti":
             on_event = self._route_calls(redis)
+            assert self.router is not None
+            self.routing_admin = RoutingAdmin(store=self.router.store, audit=self.audit,
+                                              versions=ConfigVersions(redis, key_prefix=cfg.redis.key_prefix),
+                                              now_ms=lambda: int(time.time() * 1000), source=str(cfg.routing.file))
+            await self.routing_admin.restore()  # before routing starts: an admin's activated version wins
         self.ami = AmiClient(config=cfg.ami, on_event=on_event, on_connect=self.pipeline.on_connect)
         self.commands = CommandExecutor(agents=self.agents, model=self.model, actions=_Later(lambda: self.ami),
                                         config=cfg.commands, states=self.router,
                                         dispositions=RedisDispositions(redis, key_prefix=cfg.redis.key_prefix),
                                         hold_context=cfg.routing.hold_context)
 
-        extra = [*self.hub.routes(), *(routing_routes(self.router) if self.router is not None else ()),
+        extra = [*self.hub.routes(),
+                 *(routing_routes(self.router, self._forced) if self.router is not None else ()),
                  *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot,
                                  choices=self._command_choices, view=self.views.view),
-                 *command_routes(self.run_command), *calls_routes(agents=self.agents, history=self.calllog),
-                 *kpi_routes(self.kpis)]
+                 *command_routes(self.run_command, self._forced),
+                 *calls_routes(agents=self.agents, history=self.calllog),
+                 *kpi_routes(self.kpis), *admin_routes(self.routing_admin, self.audit)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of), extra_routes=extra,
                             middlewares=[cors_middleware(cfg.http.allowed_origins)])
@@ -230,6 +242,8 @@ class CtiServer:
             self._tasks.append(sup.start("cti.mqtt", self.mqtt.run))
         if self.router is not None:
             self._tasks.append(sup.start("cti.router", self.router.run))
+            if self.routing_admin is not None:
+                self._tasks.append(sup.start("cti.routing_follow", self.routing_admin.follow))
             states = StatePusher(self.router.store, self.agents, self.notifier.submit,
                                  consumer=f"{socket.gethostname()}:{os.getpid()}")
             self._tasks.append(sup.start("cti.agent_states", states.run))
@@ -271,6 +285,9 @@ class CtiServer:
         stored up to it, none after)."""
         await self._caught_up(agent)
         return self.views.view(agent).snapshot(agent)
+
+    async def _forced(self, who: Principal, agent: str, what: dict[str, Any]) -> None:
+        await record_forced(self.audit, who, agent, what)
 
     async def run_command(self, agent: str, data: Any) -> tuple[int, dict[str, Any]]:
         """One agent command from any transport: done or refused, and the agent told either way."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cti.auth.tokens import Principal
 from cti.auth.web import require_agent
 from cti.web.routes import error_response
 
@@ -17,15 +18,22 @@ __all__ = ["command_routes"]
 RunCommand = Callable[[str, Any], Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def command_routes(run: RunCommand) -> list[web.RouteDef]:
+#: Told of a command a supervisor or admin sent for an agent (the audit log).
+Forced = Callable[[Principal, str, dict[str, Any]], Awaitable[None]]
+
+
+def command_routes(run: RunCommand, forced: Forced | None = None) -> list[web.RouteDef]:
     async def post(request: web.Request) -> web.Response:
         agent = request.match_info["agent"]
-        await require_agent(request, agent)
+        who = await require_agent(request, agent)
         try:
             body = await request.json()
         except ValueError:
             return error_response(400, "bad-json", "the body must be a JSON object")
         status, reply = await run(agent, body)
+        if forced is not None and who.role != "agent":
+            await forced(who, agent, {"command": body.get("command") if isinstance(body, dict) else None,
+                                      "ok": status == 200})
         return web.json_response(reply, status=status)
 
     return [web.post("/api/agents/{agent}/commands", post)]

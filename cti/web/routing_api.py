@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from cti.auth.web import require, require_agent
 from cti.router.agent_state import AgentStateError, UnknownAgentError
 from cti.router.controller import Explanation
+from cti.web.commands_api import Forced
 from cti.web.routes import error_response
 from routing.trace import Trace
 
@@ -49,10 +50,11 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def routing_routes(control: AgentControl) -> list[web.RouteDef]:
+def routing_routes(control: AgentControl, forced: Forced | None = None) -> list[web.RouteDef]:
+    """``forced``: told when a supervisor or admin sets an agent's state (the audit log)."""
     async def set_state(request: web.Request) -> web.Response:
         agent = request.match_info["agent"]
-        await require_agent(request, agent)
+        who = await require_agent(request, agent)
         try:
             body = await request.json()
         except ValueError:
@@ -79,6 +81,8 @@ def routing_routes(control: AgentControl) -> list[web.RouteDef]:
             return error_response(400, "bad-reason", str(exc), reason=reason)
         except RedisError as exc:
             return error_response(503, "store-unavailable", f"the routing store (Redis) did not answer: {exc}")
+        if forced is not None and who.role != "agent":
+            await forced(who, agent, {"state": state, "reason": reason if state == "not_ready" else None})
         return web.json_response({"agent": agent, "state": state, "reason": reason if state == "not_ready" else None})
 
     async def explain(request: web.Request) -> web.Response:

@@ -1,0 +1,216 @@
+"""The admin API: routing config versions (read, add, dry-run, activate, roll back), the audit log,
+the OpenAPI document, and the ``/admin`` page. Supervisors read; only admins change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+import yaml
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from cti.admin.routing import ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml
+from cti.admin.versions import AuditLog, Version
+from cti.auth.tokens import Principal, Role
+from cti.auth.web import require
+from cti.web.routes import STATIC, error_response
+from routing.config import RoutingConfig
+
+__all__ = ["admin_routes", "openapi", "record_forced"]
+
+log = structlog.get_logger(__name__)
+
+READ: tuple[Role, ...] = ("supervisor", "admin")
+DEFS = "#/components/schemas/RoutingConfig/$defs/"  # the model's own definitions stay inside its schema
+
+
+def _number(request: web.Request) -> int:
+    try:
+        return int(request.match_info["version"])
+    except ValueError:
+        raise web.HTTPNotFound(text='{"error_id":"no-such-version","message":"a version is a number"}',
+                               content_type="application/json") from None
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='{"error_id":"bad-json","message":"the body must be a JSON object"}',
+                                 content_type="application/json")
+    return body
+
+
+def admin_routes(admin: RoutingAdmin | None, audit: AuditLog) -> list[web.RouteDef]:
+    """``admin`` is None in observe mode: app_queue routes, there is no routing config to edit."""
+
+    def routing() -> RoutingAdmin:
+        if admin is None:
+            raise web.HTTPNotFound(text='{"error_id":"observe-mode","message":"routing.mode is observe: app_queue '
+                                   'routes, there is no routing config to edit"}', content_type="application/json")
+        return admin
+
+    async def version_or_404(number: int) -> Version:
+        version = await routing().versions.get(number)
+        if version is None:
+            raise web.HTTPNotFound(text='{"error_id":"no-such-version","message":"no such version"}',
+                                   content_type="application/json")
+        return version
+
+    async def current(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        a = routing()
+        config = a.config.model_dump(mode="json")
+        return web.json_response({"version": a.in_force, "config": config, "yaml": as_yaml(config)})
+
+    async def versions(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        a = routing()
+        return web.json_response([{**v.summary(), "active": v.version == a.in_force}
+                                  for v in reversed(await a.versions.all())])
+
+    async def one(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        version = await version_or_404(_number(request))
+        against = request.query.get("against")
+        base = int(against) if against and against.isdigit() else version.parent
+        return web.json_response({**version.summary(), "active": version.version == routing().in_force,
+                                  "config": version.config, "yaml": as_yaml(version.config),
+                                  "diff_against": base, "diff": await routing().diff(version, base)})
+
+    async def add(request: web.Request) -> web.Response:
+        who = await require(request, "admin")
+        body = await _body(request)
+        data = body.get("config")
+        if data is None and isinstance(body.get("yaml"), str):
+            try:
+                data = yaml.safe_load(body["yaml"])
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                return error_response(422, "invalid-config", "the YAML does not parse",
+                                      errors=[{"path": where, "message": str(getattr(exc, "problem", exc))}])
+        try:
+            version = await routing().propose(data, who=who.subject, role=who.role,
+                                              comment=str(body.get("comment", ""))[:500])
+        except ConfigInvalid as exc:
+            return error_response(422, "invalid-config", f"{len(exc.errors)} invalid setting(s); nothing was "
+                                  "stored and the version in force is unchanged", errors=exc.errors)
+        return web.json_response(version.summary(), status=201)
+
+    async def dry_run(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        version = await version_or_404(_number(request))
+        return web.json_response({"version": version.version, **await routing().dry_run(version)})
+
+    async def activate(request: web.Request) -> web.Response:
+        who = await require(request, "admin")
+        version = await version_or_404(_number(request))
+        force = bool((await _body(request)).get("force")) if request.can_read_body else False
+        try:
+            return web.json_response(await routing().activate(version, who=who.subject, role=who.role, force=force))
+        except ActivationRefused as exc:
+            return error_response(409, "would-strand-calls", str(exc), stranded=exc.stranded)
+
+    async def rollback(request: web.Request) -> web.Response:
+        who = await require(request, "admin")
+        force = bool((await _body(request)).get("force")) if request.can_read_body else False
+        try:
+            return web.json_response(await routing().rollback(who=who.subject, role=who.role, force=force))
+        except LookupError as exc:
+            return error_response(409, "nothing-to-roll-back", str(exc))
+        except ActivationRefused as exc:
+            return error_response(409, "would-strand-calls", str(exc), stranded=exc.stranded)
+
+    async def audit_log(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        try:
+            return web.json_response(await audit.recent(min(1000, int(request.query.get("count", "200")))))
+        except ValueError:
+            return error_response(400, "bad-count", "count is a number")
+
+    async def spec(_request: web.Request) -> web.Response:
+        return web.json_response(openapi())
+
+    async def page(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "admin.html")
+
+    return [web.get("/api/admin/routing", current), web.get("/api/admin/routing/versions", versions),
+            web.get("/api/admin/routing/versions/{version}", one), web.post("/api/admin/routing/versions", add),
+            web.post("/api/admin/routing/versions/{version}/dry-run", dry_run),
+            web.post("/api/admin/routing/versions/{version}/activate", activate),
+            web.post("/api/admin/routing/rollback", rollback), web.get("/api/admin/audit", audit_log),
+            web.get("/api/openapi.json", spec), web.get("/admin", page)]
+
+
+def _op(summary: str, role: str, *, body: dict[str, Any] | None = None, ok: str = "200",
+        errors: tuple[str, ...] = ()) -> dict[str, Any]:
+    responses: dict[str, Any] = {ok: {"description": "done"}, "401": {"description": "no token, or a bad one"},
+                                 "403": {"description": f"needs the {role} role"}}
+    for code in errors:
+        responses[code] = {"description": {"404": "no such version", "409": "refused: would strand waiting calls, "
+                                           "or nothing to roll back", "422": "invalid: `errors` lists each field "
+                                           "path and why"}[code],
+                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}], "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def openapi() -> dict[str, Any]:
+    """The admin API as OpenAPI 3.1; the routing config's schema is the pydantic model's own."""
+    version_path = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}
+    force = {"type": "object", "properties": {"force": {"type": "boolean", "default": False}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "CTI server admin API", "version": "1",
+                 "description": "Routing config versions, dry runs, activation, rollback and the audit log. "
+                 "docs/kpis.md documents /api/kpis; docs/events.md the agents' API."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "cti_<id>_<secret>"}},
+            "schemas": {
+                "RoutingConfig": RoutingConfig.model_json_schema(ref_template=DEFS + "{model}"),
+                "Error": {"type": "object", "properties": {
+                    "error_id": {"type": "string"}, "message": {"type": "string"}, "details": {
+                        "type": "object", "properties": {"errors": {"type": "array", "items": {
+                            "type": "object", "properties": {"path": {"type": "string"},
+                                                             "message": {"type": "string"}}}}}}}},
+            },
+        },
+        "paths": {
+            "/api/admin/routing": {"get": _op("the routing config in force, as JSON and YAML", "supervisor")},
+            "/api/admin/routing/versions": {
+                "get": _op("every version, newest first (who, when, why, which it was edited from)", "supervisor"),
+                "post": _op("add a version (not yet in force): {config: {...}} or {yaml: '...'}, comment", "admin",
+                            body={"type": "object", "properties": {
+                                "config": {"$ref": "#/components/schemas/RoutingConfig"}, "yaml": {"type": "string"},
+                                "comment": {"type": "string"}}}, ok="201", errors=("422",)),
+            },
+            "/api/admin/routing/versions/{version}": {"get": {**_op("a version, its YAML and its diff against "
+                                                                    "?against= (default: its parent)", "supervisor",
+                                                                    errors=("404",)), "parameters": [version_path]}},
+            "/api/admin/routing/versions/{version}/dry-run": {"post": {**_op(
+                "what the version would do to each call waiting now: rank, score, step, the agent it would go to",
+                "supervisor", errors=("404",)), "parameters": [version_path]}},
+            "/api/admin/routing/versions/{version}/activate": {"post": {**_op(
+                "put the version in force on every server; waiting calls keep their places", "admin", body=force,
+                errors=("404", "409")), "parameters": [version_path]}},
+            "/api/admin/routing/rollback": {"post": _op("put the version in force before this one back", "admin",
+                                                        body=force, errors=("409",))},
+            "/api/admin/audit": {"get": _op("every change and forced agent state, newest first", "supervisor")},
+        },
+    }
+
+
+async def record_forced(audit: AuditLog, who: Principal, agent: str, what: dict[str, Any]) -> None:
+    """A supervisor or admin acting on an agent's state: in the audit log (a failure to write it is logged)."""
+    if who.role == "agent":
+        return
+    try:
+        await audit.record(who=who.subject, role=who.role, action="agent.forced", agent=agent, **what)
+    except (RedisError, OSError) as exc:
+        log.warning("audit.write_failed", agent=agent, who=who.subject, error=repr(exc))

@@ -1,0 +1,108 @@
+"""The admin API in CTI routing mode, against the whole server (simulator, real Redis and mosquitto):
+an invalid change is refused with its field path and nothing changes; a valid one is a new version,
+dry-run against the call waiting now, refused if it would strand that call, activated without losing
+it, and rolled back; agents cannot call it; every change and forced state is in the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from cti.config import AuthConfig
+from tests.test_e2e_cti_mode import ROUTING, cti_config, cti_running, place
+
+
+async def test_versions_dry_run_activate_roll_back_and_audit(redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    config = cti_config(redis_url, mqtt_port, tmp_path)
+    config = config.model_copy(update={"auth": AuthConfig(enabled=True)})
+    async with cti_running(config) as (sim, server), aiohttp.ClientSession() as http:
+        assert server.tokens is not None and server.router is not None and server.routing_admin is not None
+        tokens = {role: (await server.tokens.issue(subject, role))[0]  # type: ignore[arg-type]
+                  for subject, role in [("root", "admin"), ("sue", "supervisor"), ("alice", "agent")]}
+        base = f"http://127.0.0.1:{server.http_port}"
+
+        async def call(method: str, path: str, role: str | None = "admin", **kw: Any) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {tokens[role]}"} if role else {}
+            async with http.request(method, base + path, headers=headers, **kw) as r:
+                return r.status, await r.json()
+
+        status, current = await call("GET", "/api/admin/routing")
+        assert status == 200 and current["version"] == 1
+        assert current["config"]["tiers"]["normal"]["priority"] == 100
+        assert (await call("GET", "/api/admin/routing", role=None))[0] == 401
+        for method, path in [("GET", "/api/admin/routing"), ("GET", "/api/admin/audit"),
+                             ("POST", "/api/admin/routing/versions"), ("POST", "/api/admin/routing/rollback")]:
+            status, body = await call(method, path, role="agent", json={})
+            assert status == 403 and body["error_id"] == "forbidden", (method, path)
+        assert (await call("POST", "/api/admin/routing/versions", role="supervisor", json={}))[0] == 403
+
+        # the supervisor makes both agents not ready (audited), so a caller waits on hold
+        for agent in ("alice", "bob"):
+            status, _ = await call("POST", f"/api/agents/{agent}/state", role="supervisor",
+                                   json={"state": "not_ready", "reason": "break"})
+            assert status == 200
+        caller = place(sim)
+
+        async def waiting() -> list[str]:
+            return [c.id for c in await server.router.store.waiting()]  # type: ignore[union-attr]
+
+        async with asyncio.timeout(20):
+            while len(ids := await waiting()) != 1:  # noqa: ASYNC110 - bounded poll of Redis, test only
+                await asyncio.sleep(0.05)
+        call_id = ids[0]
+
+        data = yaml.safe_load(ROUTING)
+        bad = {**data, "tiers": {"normal": {"priority": -5, "service_level": {"percent": 80, "within_s": 20}}}}
+        status, body = await call("POST", "/api/admin/routing/versions", json={"config": bad, "comment": "oops"})
+        assert status == 422 and body["error_id"] == "invalid-config"
+        assert [e["path"] for e in body["details"]["errors"]] == ["tiers.normal.priority"]
+        status, body = await call("POST", "/api/admin/routing/versions", json={"yaml": "tiers: [unclosed"})
+        assert status == 422 and body["details"]["errors"][0]["path"].startswith("line ")
+        assert server.routing_admin.in_force == 1 and server.router.config.tiers["normal"].priority == 100
+
+        good = {**data, "tiers": {"normal": {"priority": 250, "service_level": {"percent": 90, "within_s": 10}}}}
+        status, v2 = await call("POST", "/api/admin/routing/versions", json={"config": good, "comment": "campaign"})
+        assert status == 201 and v2["version"] == 2 and v2["parent"] == 1 and v2["author"] == "root"
+        assert server.router.config.tiers["normal"].priority == 100, "a new version is not in force until activated"
+        status, shown = await call("GET", "/api/admin/routing/versions/2", role="supervisor")
+        assert "-    priority: 100" in shown["diff"] and "+    priority: 250" in shown["diff"]
+        status, report = await call("POST", "/api/admin/routing/versions/2/dry-run", role="supervisor")
+        assert status == 200 and report["waiting"] == 1 and report["stranded"] == []
+        row = report["calls"][0]
+        assert row["call"] == call_id and row["before"]["rank"] == row["after"]["rank"] == 1
+        assert row["after"]["score"] > row["before"]["score"], "the higher priority shows in the score"
+        assert row["before"]["agent_now"] is None and {"alice", "bob"} <= set(row["before"]["passed"])
+
+        renamed = {**good, "entry_points": {"sales": data["entry_points"]["billing"]}}
+        status, v3 = await call("POST", "/api/admin/routing/versions", json={"config": renamed})
+        assert status == 201
+        status, body = await call("POST", f"/api/admin/routing/versions/{v3['version']}/activate", json={})
+        assert status == 409 and body["error_id"] == "would-strand-calls" and body["details"]["stranded"] == [call_id]
+        assert server.routing_admin.in_force == 1
+
+        status, body = await call("POST", "/api/admin/routing/versions/2/activate", json={})
+        assert status == 200 and body["version"] == 2 and body["previous"] == 1
+        assert server.router.config.tiers["normal"].priority == 250
+        assert await waiting() == [call_id], "the waiting caller kept their place"
+        status, versions = await call("GET", "/api/admin/routing/versions", role="supervisor")
+        assert [(v["version"], v["active"]) for v in versions] == [(3, False), (2, True), (1, False)]
+
+        status, body = await call("POST", "/api/admin/routing/rollback", json={})
+        assert status == 200 and body["version"] == 1 and body["previous"] == 2
+        assert server.router.config.tiers["normal"].priority == 100
+        assert await waiting() == [call_id]
+
+        status, audit = await call("GET", "/api/admin/audit", role="supervisor")
+        actions = [(e["action"], e["who"], e["detail"].get("version") or e["detail"].get("agent")) for e in audit]
+        assert actions == [("routing.rolled_back", "root", 1), ("routing.activated", "root", 2),
+                           ("routing.version_added", "root", 3), ("routing.version_added", "root", 2),
+                           ("agent.forced", "sue", "bob"), ("agent.forced", "sue", "alice")]
+
+        status, spec = await call("GET", "/api/openapi.json", role=None)
+        assert status == 200 and "/api/admin/routing/versions/{version}/activate" in spec["paths"]
+        assert "RoutingConfig" in spec["components"]["schemas"]
+        sim.sim.hangup(sim.sim.pbx.calls[caller].caller.name)
