@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -33,7 +34,7 @@ from cti.agi import AgiServer, AgiSettings, FlowRegistry, IvrResult, customer_di
 from cti.ami.client import AmiClient
 from cti.ami.codec import Message
 from cti.auth.store import TokenStore
-from cti.auth.tokens import Principal, TokenError
+from cti.auth.tokens import TokenError
 from cti.auth.web import AUTH, cors_middleware, require_agent
 from cti.commands import CommandError, CommandExecutor, parse_command
 from cti.config import Config
@@ -204,11 +205,12 @@ class CtiServer:
                                         dispositions=RedisDispositions(redis, key_prefix=cfg.redis.key_prefix),
                                         hold_context=cfg.routing.hold_context)
 
+        forced = functools.partial(record_forced, self.audit)  # supervisors' acts on agents, in the audit log
         extra = [*self.hub.routes(),
-                 *(routing_routes(self.router, self._forced) if self.router is not None else ()),
+                 *(routing_routes(self.router, forced) if self.router is not None else ()),
                  *session_routes(agents=self.agents, mqtt=cfg.mqtt, tokens=self.tokens, snapshot=self.snapshot,
                                  choices=self._command_choices, view=self.views.view),
-                 *command_routes(self.run_command, self._forced),
+                 *command_routes(self.run_command, forced),
                  *calls_routes(agents=self.agents, history=self.calllog),
                  *kpi_routes(self.kpis), *admin_routes(self.routing_admin, self.audit)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
@@ -285,9 +287,6 @@ class CtiServer:
         stored up to it, none after)."""
         await self._caught_up(agent)
         return self.views.view(agent).snapshot(agent)
-
-    async def _forced(self, who: Principal, agent: str, what: dict[str, Any]) -> None:
-        await record_forced(self.audit, who, agent, what)
 
     async def run_command(self, agent: str, data: Any) -> tuple[int, dict[str, Any]]:
         """One agent command from any transport: done or refused, and the agent told either way."""

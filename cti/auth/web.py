@@ -38,13 +38,14 @@ AUTH = web.AppKey("auth", Authenticator)
 _PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def _error(status: type[web.HTTPException], error_id: str, message: str, **headers: str) -> web.HTTPException:
+def http_error(status: type[web.HTTPException], error_id: str, message: str, **headers: str) -> web.HTTPException:
+    """The API's error shape (``error_id``, ``message``, ``details``) as an exception to raise."""
     return status(text=json.dumps({"error_id": error_id, "message": message, "details": {}}),
                   content_type="application/json", headers=headers or None)
 
 
 def forbidden(message: str) -> web.HTTPException:
-    return _error(web.HTTPForbidden, "forbidden", message)
+    return http_error(web.HTTPForbidden, "forbidden", message)
 
 
 def _token_of(request: web.Request) -> str | None:
@@ -67,16 +68,16 @@ async def principal(request: web.Request) -> Principal:
     else:
         token = _token_of(request)
         if token is None:
-            raise _error(web.HTTPUnauthorized, "unauthenticated", "a token is required (Authorization: Bearer ...)",
+            raise http_error(web.HTTPUnauthorized, "unauthenticated", "a token is required (Authorization: Bearer ...)",
                          **{"WWW-Authenticate": 'Bearer realm="cti"'})
         try:
             who = await auth.resolve(token)
         except TokenError as exc:
             log.warning("auth.refused", path=request.path, peer=request.remote, why=str(exc))
-            raise _error(web.HTTPUnauthorized, "bad-token", str(exc),
+            raise http_error(web.HTTPUnauthorized, "bad-token", str(exc),
                          **{"WWW-Authenticate": 'Bearer realm="cti", error="invalid_token"'}) from None
         except (RedisError, OSError) as exc:
-            raise _error(web.HTTPServiceUnavailable, "auth-unavailable",
+            raise http_error(web.HTTPServiceUnavailable, "auth-unavailable",
                          "tokens cannot be checked: Redis does not answer") from exc
     request[_PRINCIPAL] = who
     return who

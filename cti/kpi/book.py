@@ -201,9 +201,6 @@ class KpiBook:
         """The time of the newest fact: "now" never goes behind it (a clock a little behind Asterisk's)."""
         return self._latest
 
-    def rolling(self, dim: Dim) -> Counts:
-        return self._rolling.get(dim) or Counts()
-
     def _local_date(self, at: float) -> str:
         return datetime.fromtimestamp(at, self._zone).date().isoformat()
 
@@ -213,11 +210,6 @@ class KpiBook:
             self._day = day
             midnight = datetime.fromisoformat(day).replace(tzinfo=self._zone).timestamp()
             self._slots = {s: c for s, c in self._slots.items() if s >= midnight}
-
-    def midnight(self) -> float | None:
-        if self._day is None:
-            return None
-        return datetime.fromisoformat(self._day).replace(tzinfo=self._zone).timestamp()
 
 
 def _by_kind(counts: Mapping[Dim, Counts], basis: Basis) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from cti.admin.routing import ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml
 from cti.admin.versions import AuditLog, Version
 from cti.auth.tokens import Principal, Role
-from cti.auth.web import require
+from cti.auth.web import http_error, require
 from cti.web.routes import STATIC, error_response
 from routing.config import RoutingConfig
 
@@ -29,8 +29,7 @@ def _number(request: web.Request) -> int:
     try:
         return int(request.match_info["version"])
     except ValueError:
-        raise web.HTTPNotFound(text='{"error_id":"no-such-version","message":"a version is a number"}',
-                               content_type="application/json") from None
+        raise http_error(web.HTTPNotFound, "no-such-version", "a version is a number") from None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -39,8 +38,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='{"error_id":"bad-json","message":"the body must be a JSON object"}',
-                                 content_type="application/json")
+        raise http_error(web.HTTPBadRequest, "bad-json", "the body must be a JSON object")
     return body
 
 
@@ -49,15 +47,14 @@ def admin_routes(admin: RoutingAdmin | None, audit: AuditLog) -> list[web.RouteD
 
     def routing() -> RoutingAdmin:
         if admin is None:
-            raise web.HTTPNotFound(text='{"error_id":"observe-mode","message":"routing.mode is observe: app_queue '
-                                   'routes, there is no routing config to edit"}', content_type="application/json")
+            raise http_error(web.HTTPNotFound, "observe-mode",
+                             "routing.mode is observe: app_queue routes, there is no routing config to edit")
         return admin
 
     async def version_or_404(number: int) -> Version:
         version = await routing().versions.get(number)
         if version is None:
-            raise web.HTTPNotFound(text='{"error_id":"no-such-version","message":"no such version"}',
-                                   content_type="application/json")
+            raise http_error(web.HTTPNotFound, "no-such-version", "no such version")
         return version
 
     async def current(request: web.Request) -> web.Response:

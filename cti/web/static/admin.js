@@ -123,16 +123,7 @@ async function diff(version) {
   $("#diff").textContent = v.diff || "(no changes against version " + v.diff_against + ")";
 }
 
-function showSignIn() {
-  $("#signin").hidden = false;
-  $("#signin").onsubmit = (ev) => {
-    ev.preventDefault();
-    cti.token = $("#token").value.trim();
-    CtiClient.rememberToken(cti.token);
-    $("#signin").hidden = true;
-    load();
-  };
-}
+function showSignIn() { CtiClient.showSignIn(cti, load); }
 $("#tiers-form").onsubmit = (ev) => {
   ev.preventDefault();
   save({config: tiersFromForm(), comment: $("#tiers-comment").value}, "#tiers-errors");

@@ -54,6 +54,19 @@
     }
     static rememberToken(token) { sessionStorage.setItem(TOKEN_KEY, token); }
     static forgetToken() { sessionStorage.removeItem(TOKEN_KEY); }
+    // The page's #signin form (with its #token field): shown until a token is typed in, which is kept
+    // for the tab and handed to the client before then() runs.
+    static showSignIn(client, then) {
+      const form = document.querySelector("#signin");
+      form.hidden = false;
+      form.onsubmit = (ev) => {
+        ev.preventDefault();
+        client.token = document.querySelector("#token").value.trim();
+        CtiClient.rememberToken(client.token);
+        form.hidden = true;
+        then();
+      };
+    }
 
     // The server's clock. A time the server stamped (an envelope's ts, a reply's Date header) is at
     // most the server's time when it arrives, so each is a lower bound of the offset; the largest of the

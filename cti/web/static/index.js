@@ -30,16 +30,7 @@ async function refresh() {
     if (e.status === 401) { CtiClient.forgetToken(); cti.token = null; showSignIn(); }
   }
 }
-function showSignIn() {
-  $("#signin").hidden = false;
-  $("#signin").onsubmit = (ev) => {
-    ev.preventDefault();
-    cti.token = $("#token").value.trim();
-    CtiClient.rememberToken(cti.token);
-    $("#signin").hidden = true;
-    agents(); refresh();
-  };
-}
+function showSignIn() { CtiClient.showSignIn(cti, () => { agents(); refresh(); }); }
 async function agents() {
   if (!cti.token) { showSignIn(); return; }
   const list = await cti.api("/api/agents").catch(() => []);

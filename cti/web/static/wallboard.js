@@ -111,15 +111,6 @@ function connect() {
     setTimeout(connect, delay); delay = Math.min(2 * delay, 10000);
   };
 }
-function showSignIn() {
-  $("#signin").hidden = false;
-  $("#signin").onsubmit = (ev) => {
-    ev.preventDefault();
-    cti.token = $("#token").value.trim();
-    CtiClient.rememberToken(cti.token);
-    $("#signin").hidden = true;
-    connect();
-  };
-}
+function showSignIn() { CtiClient.showSignIn(cti, connect); }
 connect();
 setInterval(render, 1000);
