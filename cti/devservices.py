@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -34,13 +35,41 @@ class ServiceError(RuntimeError):
 
 
 def free_port(preferred: int = 0) -> int:
-    """``preferred`` if it is free on 127.0.0.1 (the demo's stable ports), else any free port."""
+    """``preferred`` if it is free on 127.0.0.1 (the demo's stable ports), else a free port below the
+    kernel's ephemeral range: a port that only becomes a listener later (an address a simulator must be
+    told first) is then never taken meanwhile by one of the many outgoing connections the kernel gives
+    ephemeral ports to."""
+    if preferred and _bindable(preferred):
+        return preferred
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _ports.randrange(max(1024, low - 20_000), low)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # a crowded range: any free port, as before
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_ports = random.Random()
+_handed_out: set[int] = set()  # this process's picks: two in a row are never the same port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", preferred))
+            s.bind(("127.0.0.1", port))
         except OSError:
-            s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+            return False
+        return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _binary(name: str, package: str) -> str:

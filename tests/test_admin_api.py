@@ -1,7 +1,8 @@
 """The admin API in CTI routing mode, against the whole server (simulator, real Redis and mosquitto):
 an invalid change is refused with its field path and nothing changes; a valid one is a new version,
 dry-run against the call waiting now, refused if it would strand that call, activated without losing
-it, and rolled back; agents cannot call it; every change and forced state is in the audit log."""
+it, and rolled back; agents cannot call it; every change and forced state is in the audit log; and
+versions activated and rolled back while callers keep coming lose none and reorder none."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import aiohttp
 import yaml
 
 from cti.config import AuthConfig
+from tests.e2e import eventually
 from tests.test_e2e_cti_mode import ROUTING, cti_config, cti_running, place
+
+
+async def request(http: aiohttp.ClientSession, url: str, token: str | None, method: str, path: str,
+                  **kw: Any) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, url + path, headers=headers, **kw) as r:
+        return r.status, await r.json()
 
 
 async def test_versions_dry_run_activate_roll_back_and_audit(redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
@@ -26,9 +35,7 @@ async def test_versions_dry_run_activate_roll_back_and_audit(redis_url: str, mqt
         base = f"http://127.0.0.1:{server.http_port}"
 
         async def call(method: str, path: str, role: str | None = "admin", **kw: Any) -> tuple[int, Any]:
-            headers = {"Authorization": f"Bearer {tokens[role]}"} if role else {}
-            async with http.request(method, base + path, headers=headers, **kw) as r:
-                return r.status, await r.json()
+            return await request(http, base, tokens[role] if role else None, method, path, **kw)
 
         status, current = await call("GET", "/api/admin/routing")
         assert status == 200 and current["version"] == 1
@@ -106,3 +113,64 @@ async def test_versions_dry_run_activate_roll_back_and_audit(redis_url: str, mqt
         assert status == 200 and "/api/admin/routing/versions/{version}/activate" in spec["paths"]
         assert "RoutingConfig" in spec["components"]["schemas"]
         sim.sim.hangup(sim.sim.pbx.calls[caller].caller.name)
+
+
+async def test_activations_during_traffic_lose_no_call_and_reorder_none(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    """Callers keep coming while an admin activates and rolls back versions (each a new tier priority and
+    service level): every caller is answered, and the agents get them in the order they came on hold."""
+    config = cti_config(redis_url, mqtt_port, tmp_path)
+    config = config.model_copy(update={"auth": AuthConfig(enabled=True)})
+    async with cti_running(config) as (sim, server), aiohttp.ClientSession() as http:
+        assert server.tokens is not None and server.router is not None
+        token = (await server.tokens.issue("root", "admin"))[0]
+        base = f"http://127.0.0.1:{server.http_port}"
+
+        async def call(method: str, path: str, **kw: Any) -> tuple[int, Any]:
+            return await request(http, base, token, method, path, **kw)
+
+        data = yaml.safe_load(ROUTING)
+        for priority in (250, 400):
+            tiers = {"normal": {"priority": priority, "service_level": {"percent": 90, "within_s": 10}}}
+            status, _ = await call("POST", "/api/admin/routing/versions", json={"config": {**data, "tiers": tiers}})
+            assert status == 201
+        for agent in ("alice", "bob"):
+            status, _ = await call("POST", f"/api/agents/{agent}/state", json={"state": "not_ready", "reason": "break"})
+            assert status == 200
+
+        def on_hold(linkedid: str) -> bool:
+            live = server.model.calls.get(linkedid) or server.model.ended.get(linkedid)
+            return live is not None and bool(live.holds)
+
+        async def waiting() -> list[str]:
+            return [c.id for c in await server.router.store.waiting()]  # type: ignore[union-attr]
+
+        placed = []
+        for _ in range(4):  # these wait: nobody is ready
+            placed.append(place(sim, talk=1.0, patience=600))
+            await eventually(lambda: on_hold(placed[-1]), timeout=20)
+        async with asyncio.timeout(20):
+            while len(queue := await waiting()) != 4:  # noqa: ASYNC110 - bounded poll of Redis, test only
+                await asyncio.sleep(0.05)
+        assert queue == placed, "oldest first"
+        for version in (2, 3):
+            assert (await call("POST", f"/api/admin/routing/versions/{version}/activate", json={}))[0] == 200
+            assert await waiting() == queue, f"activating v{version} kept every caller in place"
+        for agent in ("alice", "bob"):
+            assert (await call("POST", f"/api/agents/{agent}/state", json={"state": "ready"}))[0] == 200
+        rollback = "/api/admin/routing/rollback"
+        for path in (rollback, "/api/admin/routing/versions/3/activate", rollback,
+                     "/api/admin/routing/versions/1/activate", rollback, "/api/admin/routing/versions/3/activate"):
+            placed.append(place(sim, talk=1.0, patience=600))  # more callers while versions come and go
+            await eventually(lambda: on_hold(placed[-1]), timeout=20)
+            status, body = await call("POST", path, json={})
+            assert status == 200, (path, body)
+        await eventually(lambda: {r["linkedid"] for r in sim.sim.pbx.records} >= set(placed), timeout=90)
+
+    records = {r["linkedid"]: r for r in sim.sim.pbx.records if r["linkedid"] in placed}
+    assert {lid: r["cti"]["outcome"] for lid, r in records.items()} == dict.fromkeys(placed, "answered")
+    came = sorted(placed, key=lambda lid: records[lid]["cti"]["enqueued_at"])
+    offered = sorted(placed, key=lambda lid: records[lid]["cti"]["rings"][0]["at"])
+    assert offered == came, "first come, first offered: no activation moved a caller"
+    assert all(len(r["cti"]["rings"]) == 1 for r in records.values()), "nobody rung twice"
+    assert server.health()["routing"]["redis_errors"] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cti.config import AgentConfig, AgiConfig, Config, RoutingModeConfig
 from cti.devservices import free_port
 from cti.sim.server import AmiServer
 from tests.e2e import Inbox, eventually, eventually_status, make_config, status, ws_listener
+from tests.kpi_expect import Visit, figures_of, metric_values, on_day, queue_visits, same
 
 pytestmark = pytest.mark.network
 
@@ -237,3 +239,64 @@ async def test_agent_commands_drive_the_routing_state_and_refuse_illegal_steps(
         status, reply = await server.run_command("alice", {"command": "login"})
         assert status == 200 and reply["state"] == "ready"
         await eventually_status(server, "alice", ("ready", None))
+
+
+HOLD_OUTCOMES = {"answered": "answered", "abandoned_hold": "abandoned", "abandoned_ringing": "abandoned",
+                 "fallback": "unanswered"}
+
+
+async def test_kpis_count_each_hold_as_a_visit_of_its_entry_point(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    """CTI routing mode: a caller's wait for the router is one visit of its entry point (and of the
+    skills it asked for and its routing tier), ending answered, abandoned (on hold or while an agent
+    rang) or handed to the fallback queue, whose own visit counts in that queue: every figure equal to
+    what the simulator's records say, and the waiting callers on the board while they wait."""
+    config = cti_config(redis_url, mqtt_port, tmp_path, hold_max_s=4)
+    thresholds = {"billing": 2.0, "support": 20.0}
+    config = config.model_copy(update={"kpi": config.kpi.model_copy(update={
+        "short_abandon_s": 1.5, "service_level_by_queue": {"billing": 2.0}})})
+    # Two agents, 1 s talks and 1 s wrap-up: four answered, the rest handed on at 4 s on hold, but
+    # for the two (behind the first four) who give up: patience counts from 1.4 s after the call comes
+    # in, the hold from the IVR's route, half a second after (a short abandon, then one that is not).
+    patience = [600, 600, 600, 600, 0.3, 2.0, 600, 600, 600, 600]
+    async with cti_running(config) as (sim, server), aiohttp.ClientSession() as http:
+        placed = [place(sim, talk=1.0, patience=p) for p in patience]
+        await eventually(lambda: server.kpis.board()["entry_points"].get("billing", {}).get("waiting", 0) >= 2,
+                         timeout=20)
+        await eventually(lambda: all(c in server.model.ended for c in placed)
+                         and {r["linkedid"] for r in sim.sim.pbx.records} >= set(placed), timeout=60)
+        held = [r for r in sim.sim.pbx.records if r["linkedid"] in placed and r["cti"]["enqueued_at"] is not None]
+        await eventually(lambda: server.kpis.book.figures(server.kpis.board()["at"])["today"]["all"][""]["arrivals"]
+                         == len(held), timeout=20)
+        base = f"http://127.0.0.1:{server.http_port}"
+        async with http.get(f"{base}/api/kpis") as response:
+            api = await response.json()
+        async with http.get(f"{base}/metrics") as response:
+            metrics = metric_values(await response.text())
+
+    records = [r for r in sim.sim.pbx.records if r["linkedid"] in placed]
+    day = api["day"]
+    visits = list(queue_visits(records, day, thresholds, tier="normal"))
+    for r in records:
+        cti = r["cti"]
+        if cti["enqueued_at"] is None or not on_day(cti["enqueued_at"] + cti["hold_s"], day):
+            continue
+        outcome = HOLD_OUTCOMES[cti["outcome"]]
+        talk = next((s["talk_s"] for s in r["segments"] if s["queue"] is None and s["outcome"] == "answered"), None)
+        visits.append(Visit((("all", ""), ("entry", "billing"), ("skill", "billing"), ("tier", "normal")),
+                            outcome, cti["hold_s"], thresholds["billing"], talk if outcome == "answered" else None,
+                            "fallback" if outcome == "unanswered" else None))
+    want = figures_of(visits, 1.5)
+    outcomes = {r["cti"]["outcome"] for r in records}
+    assert {"answered", "fallback"} <= outcomes and outcomes & {"abandoned_hold", "abandoned_ringing"}, outcomes
+    assert want[("entry", "billing")]["short_abandons"] >= 1 and want[("queue", "support")]["offered"] >= 1
+    assert 0 < want[("entry", "billing")]["service_level"] < 1
+    for (kind, value), w in want.items():
+        same(api["today"][kind][value], w, f"today {kind} {value}")
+    assert api["entry_points"]["billing"]["waiting"] == 0
+    for key in ("offered", "answered", "abandoned", "service_level", "asa_s"):
+        labels = (("kind", "entry"), ("value", "billing"), ("window", "today"))
+        assert math.isclose(metrics[(f"cti_kpi_{key}", labels)], want[("entry", "billing")][key], abs_tol=2e-3), key
+    fallbacks = (("kind", "entry"), ("reason", "fallback"), ("value", "billing"), ("window", "today"))
+    assert metrics[("cti_kpi_unanswered", fallbacks)] == want[("entry", "billing")]["unanswered"]["fallback"]
+    assert metrics[("cti_kpi_entry_calls_waiting", (("entry_point", "billing"),))] == 0

@@ -12,92 +12,25 @@ import asyncio
 import math
 import random
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from cti.config import AgentConfig
 from tests.e2e import ManualClock, eventually, make_config, running
+from tests.kpi_expect import figures_of, metric_values, queue_visits, same
 
 AGENTS = [AgentConfig(id=n.lower(), name=n, interface=f"Local/{1001 + i}@sim-agents/n", extension=str(1001 + i))
           for i, n in enumerate(["Alice", "Bob", "Chen"])]
 THRESHOLD = {"support": 20.0, "sales": 10.0}
 SHORT_S = 5.0
-REASONS = ("timeout", "leaveempty", "joinempty", "full")
-
-
-def expected(records: list[dict[str, Any]], day: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """docs/kpis.md, from the simulator's records: per ("all", "") and ("queue", name)."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def of(dim: tuple[str, str]) -> dict[str, Any]:
-        return out.setdefault(dim, {"offered": 0, "answered": 0, "abandoned": 0, "short_abandons": 0, "good": 0,
-                                    "wait": 0.0, "handled": 0, "handle": 0.0, "unanswered": {}})
-
-    for record in records:
-        for seg in record["segments"]:
-            queue = seg["queue"]
-            if queue is None or seg["left_at"] is None:
-                continue
-            if datetime.fromtimestamp(seg["left_at"], UTC).date().isoformat() != day:
-                continue
-            for dim in (("all", ""), ("queue", queue)):
-                k = of(dim)
-                if seg["outcome"] in ("answered", "transferred"):
-                    k["offered"] += 1
-                    k["answered"] += 1
-                    k["wait"] += seg["wait_s"]
-                    k["good"] += seg["wait_s"] <= THRESHOLD[queue]
-                    if seg["talk_s"] is not None:
-                        k["handled"] += 1
-                        k["handle"] += seg["talk_s"]
-                elif seg["outcome"] == "abandoned":
-                    if seg["wait_s"] < SHORT_S:
-                        k["short_abandons"] += 1
-                    else:
-                        k["offered"] += 1
-                        k["abandoned"] += 1
-                else:
-                    k["offered"] += 1
-                    reason = seg["reason"] if seg["reason"] in REASONS else "other"
-                    k["unanswered"][reason] = k["unanswered"].get(reason, 0) + 1
-    figures = {}
-    for dim, k in out.items():
-        figures[dim] = {
-            "offered": k["offered"], "answered": k["answered"], "abandoned": k["abandoned"],
-            "short_abandons": k["short_abandons"], "unanswered": k["unanswered"], "handled": k["handled"],
-            "service_level": k["good"] / k["answered"] if k["answered"] else None,
-            "answer_rate": k["answered"] / k["offered"] if k["offered"] else None,
-            "abandon_rate": k["abandoned"] / k["offered"] if k["offered"] else None,
-            "asa_s": k["wait"] / k["answered"] if k["answered"] else None,
-            "aht_s": k["handle"] / k["handled"] if k["handled"] else None,
-        }
-    return figures
-
-
-def same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
-    for key, value in want.items():
-        if isinstance(value, float):
-            assert got[key] is not None and math.isclose(got[key], value, abs_tol=2e-3), (where, key, got[key], value)
-        else:
-            assert got[key] == value, (where, key, got[key], value)
 
 
 def board_count(board: dict[str, Any]) -> int:
     """Abandons on a board (short ones included)."""
     total = board["today"]["all"][""]
     return int(total["abandoned"] + total["short_abandons"])
-
-
-def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return values
 
 
 async def test_every_kpi_equals_the_simulators_records(redis_url: str, mqtt_port: int) -> None:
@@ -160,7 +93,7 @@ async def test_every_kpi_equals_the_simulators_records(redis_url: str, mqtt_port
 
     print(f"wallboard: a board {', '.join(f'{1000 * d:.0f}' for d in delays)} ms after a fact was counted")
     records = [r for r in sim.sim.pbx.records if r["linkedid"] in placed]
-    want = expected(records, api["day"])
+    want = figures_of(queue_visits(records, api["day"], THRESHOLD), SHORT_S)
     assert want[("all", "")]["abandoned"] > 0 and want[("all", "")]["short_abandons"] > 0
     assert 0 < want[("all", "")]["service_level"] < 1 and 0 < want[("queue", "sales")]["service_level"] < 1
     assert want[("queue", "sales")]["answered"] > 0 and want[("queue", "support")]["unanswered"], "overflow visits"

@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cti.kpi.book import KpiBook, KpiRules, VisitEnd
+from cti.kpi.book import KpiBook, KpiRules, VisitEnd, dims_of
 from cti.kpi.erlang import agents_needed, service_level, wait_probability
 
 DAY = 1_764_633_600.0  # 2025-12-02 00:00 UTC
@@ -98,7 +98,7 @@ def test_the_window_forgets_and_a_new_day_starts_at_local_midnight() -> None:
     book = KpiBook(KpiRules(window_s=900, timezone="Asia/Shanghai"))  # midnight there is 16:00 UTC
     midnight = DAY + 16 * 3600
     book.visit_ended(VisitEnd("support", midnight - 60, "answered", 3.0))
-    book.handled("support", midnight - 30, 120.0)
+    book.handled(dims_of("support", "standard"), midnight - 30, 120.0)
     before = book.figures(midnight - 1)
     assert before["rolling"]["all"][""]["answered"] == 1 and before["today"]["all"][""]["aht_s"] == 120.0
     after = book.figures(midnight + 600)

@@ -165,3 +165,26 @@ def test_live_calls_survive_the_store_encoding(name: str) -> None:
             assert call_from_dict(stored) == call
             checked += 1
     assert checked
+
+
+def holds_by_caller(name: str) -> tuple[dict[str, list[tuple]], list[DomainEvent]]:
+    model, out = run(name)
+    return {c.caller_num or "": [(h.outcome, h.reason, h.agent_id, round(h.wait_s or 0, 1)) for h in c.holds]
+            for c in model.ended.values()}, out
+
+
+def test_cti_hold_is_one_wait_across_a_ring_not_answered() -> None:
+    """Dora's 15 s ring sends the caller back to the hold (a second CtiHold): still one wait, answered by alice."""
+    holds, out = holds_by_caller("cti")
+    assert holds["13800000301"] == [("answered", None, "alice", 23.3)]
+    assert [e.type for e in out].count(ev.CALL_HELD) == 1
+
+
+def test_cti_edge_holds_end_abandoned_by_fallback_or_answered() -> None:
+    holds, out = holds_by_caller("ctiedge")
+    assert holds["13800000501"] == [], "hung up in the IVR: never held"
+    assert holds["13800000502"] == [("abandoned", None, None, 6.7)]
+    assert holds["13800000503"] == [("unanswered", "fallback", None, 4.0)], "then answered in app_queue"
+    assert holds["13800000504"] == [("abandoned", None, None, 11.7)]
+    assert holds["13800000505"] == [("answered", None, "bob", 5.8)], "alice's ring cancelled, bob answered"
+    assert [e.type for e in out].count(ev.CALL_HELD) == 4

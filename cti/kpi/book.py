@@ -17,16 +17,17 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-__all__ = ["Basis", "Counts", "KpiBook", "KpiRules", "VisitEnd"]
+__all__ = ["Basis", "Counts", "KpiBook", "KpiRules", "VisitEnd", "dims_of"]
 
 #: What the service level is a share of: answered visits (Asternic, Wazo's "QoS", app_queue's
 #: ServicelevelPerf), offered visits (NethVoice), or app_queue's ServicelevelPerf2 (abandons inside
 #: the threshold count as good, over answered + abandoned).
 Basis = Literal["answered", "offered", "sl2"]
-#: The reasons app_queue gives for a caller leaving without an agent, counted apart from abandons.
-UNANSWERED_REASONS = ("timeout", "leaveempty", "joinempty", "full")
+#: Why a caller left without an agent, counted apart from abandons: app_queue's reasons, and CTI
+#: routing's hand-over to its fallback queue.
+UNANSWERED_REASONS = ("timeout", "leaveempty", "joinempty", "full", "fallback")
 SLOT_S = 900  # the day's chart: one point per 15 minutes
-Dim = tuple[str, str]  # ("all", ""), ("queue", "support"), ("tier", "vip2")
+Dim = tuple[str, str]  # ("all", ""), ("queue", "support"), ("tier", "vip2"), ("entry", "hotline"), ("skill", "billing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +45,37 @@ class KpiRules:
 
 @dataclass(frozen=True, slots=True)
 class VisitEnd:
-    """A queue visit whose wait is over: answered (or answered and transferred on), abandoned, or let go."""
+    """A wait that is over: answered (or answered and transferred on), abandoned, or let go. A visit of
+    an app_queue ``queue``, or (CTI routing mode) of the router's ``entry`` point, with the skills it
+    asked for."""
 
-    queue: str
+    queue: str | None
     at: float  # when the wait ended
     outcome: str  # answered, transferred, abandoned, unanswered
     wait_s: float
     reason: str | None = None
     tier: str = "standard"
+    entry: str | None = None
+    skills: tuple[str, ...] = ()
+
+    @property
+    def place(self) -> str:
+        """What its threshold is looked up by: the queue, else the entry point."""
+        return self.queue or self.entry or ""
+
+    @property
+    def dims(self) -> tuple[Dim, ...]:
+        return dims_of(self.queue, self.tier, self.entry, self.skills)
+
+
+def dims_of(queue: str | None, tier: str, entry: str | None = None, skills: tuple[str, ...] = ()) -> tuple[Dim, ...]:
+    dims: list[Dim] = [("all", ""), ("tier", tier)]
+    if queue is not None:
+        dims.append(("queue", queue))
+    if entry is not None:
+        dims.append(("entry", entry))
+    dims.extend(("skill", skill) for skill in skills)
+    return tuple(dims)
 
 
 @dataclass(slots=True)
@@ -133,22 +157,22 @@ class KpiBook:
         if visit.outcome in ("answered", "transferred"):
             delta.offered = delta.answered = 1
             delta.answered_wait_s = visit.wait_s
-            delta.answered_in_sl = int(visit.wait_s <= self.rules.threshold(visit.queue))
+            delta.answered_in_sl = int(visit.wait_s <= self.rules.threshold(visit.place))
         elif visit.outcome == "abandoned":
             if visit.wait_s < self.rules.short_abandon_s:
                 delta.short_abandons = 1
             else:
                 delta.offered = delta.abandoned = 1
-                delta.abandoned_in_sl = int(visit.wait_s <= self.rules.threshold(visit.queue))
+                delta.abandoned_in_sl = int(visit.wait_s <= self.rules.threshold(visit.place))
         else:
             delta.offered = 1
             reason = visit.reason if visit.reason in UNANSWERED_REASONS else "other"
             delta.unanswered = {reason: 1}
-        self._add(visit.at, (("all", ""), ("queue", visit.queue), ("tier", visit.tier)), delta)
+        self._add(visit.at, visit.dims, delta)
 
-    def handled(self, queue: str, at: float, handle_s: float, tier: str = "standard") -> None:
+    def handled(self, dims: tuple[Dim, ...], at: float, handle_s: float) -> None:
         """An answered visit is over: its talk (and wrap-up, where known) is its handle time."""
-        self._add(at, (("all", ""), ("queue", queue), ("tier", tier)), Counts(handled=1, handle_s=handle_s))
+        self._add(at, dims, Counts(handled=1, handle_s=handle_s))
 
     def arrived(self, at: float, *, repeat: bool) -> None:
         """A call reached a queue; ``repeat``: its number called within the repeat window of it."""

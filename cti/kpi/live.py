@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from cti.agents import AgentRegistry
 from cti.config import KpiConfig
 from cti.directory.numbers import normalise_number
-from cti.kpi.book import KpiBook, KpiRules, VisitEnd
+from cti.kpi.book import KpiBook, KpiRules, VisitEnd, dims_of
 from cti.kpi.erlang import agents_needed
 from cti.model import events as ev
 from cti.model.events import DomainEvent
@@ -86,10 +86,15 @@ def tier_of(customer: dict[str, Any] | None) -> str:
     return f"vip{tier}" if isinstance(tier, int) and tier > 0 else "standard"
 
 
+#: ``(linkedid, the CtiHold's Entry) -> (entry point, tier, skills)``: how CTI routing classes a held
+#: caller (:meth:`cti.router.controller.RoutingController.kpi_place`).
+Place = Callable[[str, str | None], tuple[str, str, tuple[str, ...]]]
+
+
 class KpiService:
     def __init__(self, *, config: KpiConfig, timezone: str, model: CallModel, agents: AgentRegistry,
                  view: Callable[[str], AgentView], customer_of: Callable[[str], dict[str, Any] | None],
-                 repeats: Repeats | None, clock: Callable[[], float] = time.time) -> None:
+                 repeats: Repeats | None, clock: Callable[[], float] = time.time, place: Place | None = None) -> None:
         self.config = config
         self.book = KpiBook(rules_of(config, timezone))
         self._model = model
@@ -98,7 +103,10 @@ class KpiService:
         self._customer_of = customer_of
         self._repeats = repeats
         self._clock = clock
+        self._place = place
         self._counted: dict[str, int] = {}  # linkedid -> segments already counted (closed ones, in order)
+        self._holds_counted: dict[str, int] = {}  # linkedid -> the router's holds already counted
+        self._places: dict[tuple[str, str | None], tuple[str, str, tuple[str, ...]]] = {}
         self._tiers: dict[str, str] = {}
         self._arrivals: list[tuple[str, str, float]] = []  # (linkedid, number, first join) for the repeat lookup
         self._arrival_queued = asyncio.Event()
@@ -129,8 +137,39 @@ class KpiService:
         if counted != done:
             self._counted[linkedid] = counted
             self._touch()
+        holds = data.get("holds")
+        if holds:
+            if event.type == ev.CALL_HELD:
+                self.placed(linkedid, holds[-1].get("entry"))
+            self._count_holds(linkedid, holds, event.ts)
         if event.type == ev.CALL_FINISHED:
             self._finished(linkedid, data, event.ts)
+
+    def _count_holds(self, linkedid: str, holds: list[dict[str, Any]], ts: float | None) -> None:
+        """CTI routing mode: each wait for the router is a visit of its entry point (docs/kpis.md)."""
+        done = self._holds_counted.get(linkedid, 0)
+        counted = done
+        for hold in holds[done:]:
+            if hold.get("outcome") is None:
+                break
+            counted += 1
+            entry, tier, skills = self.placed(linkedid, hold.get("entry"))
+            self.book.visit_ended(VisitEnd(queue=None, entry=entry, skills=skills, tier=tier,
+                                           at=hold.get("left_at") or ts or self._clock(), outcome=hold["outcome"],
+                                           wait_s=hold.get("wait_s") or 0.0, reason=hold.get("reason")))
+        self._holds_counted[linkedid] = counted
+        self._touch()  # a new hold or one that ended: the waiting figures move either way
+
+    def placed(self, linkedid: str, entry: str | None) -> tuple[str, str, tuple[str, ...]]:
+        """Classed once, while the call is live (its variables go with it): a hold that ends at the
+        hang-up counts where it waited."""
+        if self._place is None:
+            return entry or "cti", self._tier(linkedid), ()
+        key = (linkedid, entry)
+        place = self._places.get(key)
+        if place is None:
+            place = self._places[key] = self._place(linkedid, entry)
+        return place
 
     def publish(self, envelope: Envelope) -> None:
         """A notifier sink: an agent's state changed, and with it the board's agents."""
@@ -139,24 +178,40 @@ class KpiService:
 
     def _finished(self, linkedid: str, data: dict[str, Any], ts: float | None) -> None:
         tier = self._tier(linkedid)
-        queued = [s for s in data.get("segments") or () if s.get("queue") is not None]
+        segments = data.get("segments") or ()
+        queued = [s for s in segments if s.get("queue") is not None]
+        holds = data.get("holds") or ()
         end = data.get("ended_at") or ts or self._clock()
         for seg in queued:
             if seg.get("outcome") in ("answered", "transferred") and seg.get("talk_s") is not None:
-                self.book.handled(seg["queue"], end, float(seg["talk_s"]), tier)
+                self.book.handled(dims_of(seg["queue"], tier), end, float(seg["talk_s"]))
+        for hold in holds:
+            # the router's hand-off the hold ended in: answered at the very moment the hold ended
+            talk = next((s.get("talk_s") for s in segments if s.get("queue") is None
+                         and s.get("left_at") == hold.get("left_at") and s.get("talk_s") is not None), None)
+            if hold.get("outcome") == "answered" and talk is not None:
+                entry, hold_tier, skills = self.placed(linkedid, hold.get("entry"))
+                self.book.handled(dims_of(None, hold_tier, entry, skills), end, float(talk))
         number = normalise_number(data.get("caller"))
-        if queued and not data.get("merged_into"):
-            at = queued[0].get("joined_at") or end
+        waits = [w.get("joined_at") for w in (*holds, *queued)]
+        if waits and not data.get("merged_into"):
+            at = min((w for w in waits if w is not None), default=end)
             if number and self._repeats is not None:
                 self._arrivals.append((linkedid, number, at))
                 self._arrival_queued.set()
             else:
                 self.book.arrived(at, repeat=False)
         self._counted.pop(linkedid, None)
+        self._holds_counted.pop(linkedid, None)
+        for key in [key for key in self._places if key[0] == linkedid]:
+            del self._places[key]
         self._tiers.pop(linkedid, None)
         self._touch()
 
     def _tier(self, linkedid: str) -> str:
+        if self._place is not None:  # CTI routing mode: its own tiers, for the fallback queue's visits too
+            held = next((place for (call, _), place in self._places.items() if call == linkedid), None)
+            return held[1] if held is not None else self._place(linkedid, None)[1]
         tier = self._tiers.get(linkedid)
         if tier is None or tier == "standard":  # the record may have arrived since
             tier = self._tiers[linkedid] = tier_of(self._customer_of(linkedid))
@@ -184,17 +239,22 @@ class KpiService:
             waiting[name] = {"waiting": len(queue.waiting),
                              "longest_wait_s": round(now - min(joined), 1) if joined else None,
                              "oldest_joined_at": min(joined) if joined else None}
-        staffing = {}
-        for name, f in figures["rolling"].get("queue", {}).items():
-            arrivals = f["offered"] + f["short_abandons"]
-            aht = f["aht_s"] or figures["today"].get("queue", {}).get(name, {}).get("aht_s")
-            threshold = rules.threshold(name)
-            staffing[name] = {
-                "arrival_rate_per_h": round(3600 * arrivals / rules.window_s, 2), "aht_s": aht,
-                "threshold_s": threshold, "target": self.config.target_service_level,
-                "agents_needed": agents_needed(arrivals / rules.window_s, aht, threshold,
-                                               self.config.target_service_level) if aht else None,
-            }
+        held: dict[str, list[float]] = {}
+        for call in self._model.calls.values():
+            hold = call.held
+            if hold is not None:
+                joined = held.setdefault(self.placed(call.linkedid, hold.entry)[0], [])
+                if hold.joined_at is not None:
+                    joined.append(hold.joined_at)
+        entry_points: dict[str, dict[str, Any]] = {name: {"waiting": len(joined),
+                               "longest_wait_s": round(now - min(joined), 1) if joined else None,
+                               "oldest_joined_at": min(joined) if joined else None}
+                        for name, joined in sorted(held.items())}
+        for name in figures["rolling"].get("entry", {}):
+            entry_points.setdefault(name, {"waiting": 0, "longest_wait_s": None, "oldest_joined_at": None})
+        staffing = self._staffing(figures, "queue")
+        for name, needed in self._staffing(figures, "entry").items():
+            entry_points[name]["staffing"] = needed
         agents = []
         by_state = dict.fromkeys(STATES, 0)
         for agent in self._agents:
@@ -206,9 +266,25 @@ class KpiService:
             agents.append({"id": agent.id, "name": agent.name, "state": name, "reason": state.get("reason"),
                            "since": since, "in_state_s": in_state})
         return {"type": "kpi.board", "at": round(now, 3), **figures, "queues": waiting, "staffing": staffing,
+                "entry_points": entry_points,
                 "agents": agents, "agents_by_state": by_state,
                 "thresholds": {"default_s": rules.service_level_s, "by_queue": dict(rules.service_level_by_queue)},
                 "target_service_level": self.config.target_service_level}
+
+    def _staffing(self, figures: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+        """Erlang C per queue (or entry point) at the rolling window's arrival rate and handle time."""
+        rules, out = self.book.rules, {}
+        for name, f in figures["rolling"].get(kind, {}).items():
+            arrivals = f["offered"] + f["short_abandons"]
+            aht = f["aht_s"] or figures["today"].get(kind, {}).get(name, {}).get("aht_s")
+            threshold = rules.threshold(name)
+            out[name] = {
+                "arrival_rate_per_h": round(3600 * arrivals / rules.window_s, 2), "aht_s": aht,
+                "threshold_s": threshold, "target": self.config.target_service_level,
+                "agents_needed": agents_needed(arrivals / rules.window_s, aht, threshold,
+                                               self.config.target_service_level) if aht else None,
+            }
+        return out
 
     async def serve_board(self, request: web.Request) -> web.WebSocketResponse:
         """One wallboard: the board now, then every change."""
@@ -271,6 +347,7 @@ class KpiService:
                 log.warning("kpi.repeat_lookup_failed", calls=len(batch), error=repr(exc),
                             action="counted as first calls")
                 repeats = [False] * len(batch)
+            raise_if_cancelling()  # a cancel redis-py's wait_for swallowed as the reply came
             for (_, _, at), repeat in zip(batch, repeats, strict=True):
                 self.book.arrived(at, repeat=repeat)
             self._touch()
@@ -304,19 +381,30 @@ class KpiService:
                             family.add_metric([window, kind, value], figures[key])
                     for reason, n in figures["unanswered"].items():
                         unanswered.add_metric([window, kind, value, reason], n)
-        waiting = GaugeMetricFamily("cti_kpi_calls_waiting", "calls waiting in the queue now", labels=["queue"])
-        longest = GaugeMetricFamily("cti_kpi_longest_wait_s", "the longest wait in the queue now, seconds",
-                                    labels=["queue"])
-        for name, q in board["queues"].items():
-            waiting.add_metric([name], q["waiting"])
-            if q["longest_wait_s"] is not None:
-                longest.add_metric([name], q["longest_wait_s"])
-        needed = GaugeMetricFamily("cti_kpi_agents_needed", "Erlang C: agents for the target service level at the "
-                                   "rolling arrival rate and handle time", labels=["queue"])
-        for name, s in board["staffing"].items():
-            if s["agents_needed"] is not None:
-                needed.add_metric([name], s["agents_needed"])
+        queues = _place_gauges("cti_kpi_", "queue", "in the queue", board["queues"], board["staffing"])
+        entries = _place_gauges("cti_kpi_entry_", "entry_point", "on the router's hold (CTI routing)",
+                                board["entry_points"],
+                                {name: e["staffing"] for name, e in board["entry_points"].items() if "staffing" in e})
         states = GaugeMetricFamily("cti_kpi_agents", "agents by state", labels=["state"])
         for state, n in board["agents_by_state"].items():
             states.add_metric([state], n)
-        yield from (*families.values(), unanswered, waiting, longest, needed, states)
+        yield from (*families.values(), unanswered, *queues, *entries, states)
+
+
+def _place_gauges(prefix: str, label: str, where: str, waiting: dict[str, dict[str, Any]],
+                  staffing: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
+    """Calls waiting, the longest wait and Erlang C's agents needed, per queue or entry point."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    count = GaugeMetricFamily(f"{prefix}calls_waiting", f"calls waiting {where} now", labels=[label])
+    longest = GaugeMetricFamily(f"{prefix}longest_wait_s", f"the longest wait {where} now, seconds", labels=[label])
+    needed = GaugeMetricFamily(f"{prefix}agents_needed", f"Erlang C: agents for the target service level {where}, "
+                               "at the rolling arrival rate and handle time", labels=[label])
+    for name in sorted({*waiting, *staffing}):
+        now = waiting.get(name, {})
+        count.add_metric([name], now.get("waiting", 0))
+        if now.get("longest_wait_s") is not None:
+            longest.add_metric([name], now["longest_wait_s"])
+        if staffing.get(name, {}).get("agents_needed") is not None:
+            needed.add_metric([name], staffing[name]["agents_needed"])
+    return count, longest, needed

@@ -13,6 +13,7 @@ __all__ = ["CALL_ANSWERED", "CALL_ENDED", "CALL_FINISHED", "CALL_OFFERED", "CALL
 
 CALL_ARRIVED: Final = "call.arrived"
 CALL_QUEUED: Final = "call.queued"
+CALL_HELD: Final = "call.held"  # CTI routing mode: the caller waits for the router (UserEvent CtiHold)
 CALL_OFFERED: Final = "call.offered"
 CALL_OFFER_WITHDRAWN: Final = "call.offer_withdrawn"
 CALL_ANSWERED: Final = "call.answered"

@@ -29,7 +29,7 @@ from cti.ami.codec import Message
 from cti.config import AgentConfig
 from cti.model import events as ev
 from cti.model.events import DomainEvent
-from cti.model.state import Call, Leg, Member, Membership, Offer, Queue, Segment, Transfer
+from cti.model.state import Call, Hold, Leg, Member, Membership, Offer, Outcome, Queue, Segment, Transfer
 
 __all__ = ["CallModel"]
 
@@ -551,6 +551,7 @@ class CallModel:
         seg = call.current
         if seg is not None and seg.waiting:
             self._close_waiting(call, seg, ts, out, outcome="abandoned")
+        self._end_hold(call, ts, "abandoned")
         self._withdraw_offers(call, ts, out, "call_ended")
         if call.current_queue:
             queue = self.queues.get(call.current_queue)
@@ -664,6 +665,12 @@ class CallModel:
         call = self.calls.get(self._call_id(msg) or "") if "Uniqueid" in f else None
         if call is None and dest:
             call = self.calls.get(self._leg_call.get(f.get("DestUniqueid", "")) or f.get("DestLinkedid") or "")
+        held = call.held if call is not None else None
+        if held is not None and f.get("DialStatus") == "ANSWER" and f.get("Uniqueid") == held.leg:
+            # The router's dial answered, by an agent of ours (the offer below names them) or not
+            target = self._target_for_device(device_of(dest)) if dest else None
+            assert call is not None
+            self._end_hold(call, ts, "answered", agent_id=target.agent_id if target is not None else None)
         if call is None or not call.offers or not dest:
             return
         device = device_of(dest)
@@ -714,6 +721,7 @@ class CallModel:
             return
         del call.offers[key]
         self._answer(call, seg, Target(offer.interface, offer.member_name, offer.agent_id, offer.device), ts)
+        self._end_hold(call, ts, "answered", agent_id=offer.agent_id)
         self._withdraw_offers(call, ts, out, "answered_elsewhere")
         log.info("call.answered", linkedid=call.linkedid, caller=call.caller_num, agent=seg.agent, direct=True,
                  transferred_from=seg.transferred_from)
@@ -737,6 +745,37 @@ class CallModel:
                     seg.left_pending, seg.leg = True, leg
                 else:
                     seg.outcome, seg.reason = "unanswered", reason
+
+    # --- CTI routing mode's holds -------------------------------------------------------------
+
+    def _on_user_event(self, msg: Message, ts: float | None, out: list[DomainEvent]) -> None:
+        """The CTI dialplan's ``CtiHold`` (the caller waits for the router; again after a ring not
+        answered) and ``CtiFallback`` (the router let the caller go to app_queue)."""
+        kind = msg.get("UserEvent")
+        if kind not in ("CtiHold", "CtiFallback"):
+            return
+        call = self.calls.get(self._call_id(msg) or "")
+        if call is None:
+            return
+        if kind == "CtiFallback":
+            self._end_hold(call, ts, "unanswered", reason="fallback")
+            return
+        if call.held is not None:
+            return  # back on hold after a ring: the same wait goes on
+        hold = Hold(entry=msg.get("Entry") or None, joined_at=ts, leg=msg.get("Uniqueid"))
+        call.holds.append(hold)
+        log.info("call.held", linkedid=call.linkedid, caller=call.caller_num, entry=hold.entry,
+                 hold=len(call.holds))
+        self._emit_call(out, ev.CALL_HELD, call, ts)
+
+    def _end_hold(self, call: Call, ts: float | None, outcome: Outcome, *, reason: str | None = None,
+                  agent_id: str | None = None) -> None:
+        hold = call.held
+        if hold is None:
+            return
+        hold.left_at, hold.outcome, hold.reason, hold.agent_id = ts, outcome, reason, agent_id
+        log.info("call.hold_ended", linkedid=call.linkedid, caller=call.caller_num, entry=hold.entry,
+                 outcome=outcome, reason=reason, agent_id=agent_id, wait_s=hold.wait_s)
 
     # --- transfers ----------------------------------------------------------------------------
 
@@ -840,6 +879,7 @@ class CallModel:
         if call is None:
             return
         self._settle_pending(call, ts, out, hung_up=False)
+        self._end_hold(call, ts, "unanswered", reason="fallback")  # a dialplan without CtiFallback
         f = msg
         queue = self._queue(f["Queue"])
         position = _int(f.get("Position"))
@@ -1073,6 +1113,7 @@ _HANDLERS: dict[str, Handler] = {
     "BlindTransfer": CallModel._on_blind_transfer,
     "AttendedTransfer": CallModel._on_attended_transfer,
     "QueueCallerJoin": CallModel._on_join,
+    "UserEvent": CallModel._on_user_event,
     "QueueCallerLeave": CallModel._on_leave,
     "QueueCallerAbandon": CallModel._on_abandon,
     "AgentCalled": CallModel._on_agent_called,

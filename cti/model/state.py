@@ -110,6 +110,35 @@ class Segment:
 
 
 @dataclass(slots=True)
+class Hold:
+    """A wait for the CTI router (CTI routing mode): from the first ``UserEvent CtiHold`` until an agent
+    answers, the caller hangs up, or the router lets the caller go to app_queue (``CtiFallback``).
+
+    Apart from the segments: the rings it brings are hand-off segments of their own, and a ring not
+    answered sends the caller back to the same hold (a fresh CtiHold), not to a new one. The KPIs count
+    it as a visit of its entry point (docs/kpis.md).
+    """
+
+    entry: str | None  # the CtiHold's ``Entry`` if it names one (else the router's: CTI_ENTRY, its default)
+    joined_at: float | None
+    leg: str | None = None  # Uniqueid of the held channel
+    left_at: float | None = None
+    outcome: Outcome | None = None
+    reason: str | None = None  # unanswered: fallback
+    agent_id: str | None = None
+
+    @property
+    def wait_s(self) -> float | None:
+        if self.joined_at is not None and self.left_at is not None:
+            return round(max(0.0, self.left_at - self.joined_at), 3)
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"entry": self.entry, "joined_at": self.joined_at, "left_at": self.left_at, "outcome": self.outcome,
+                "reason": self.reason, "agent_id": self.agent_id, "wait_s": self.wait_s}
+
+
+@dataclass(slots=True)
 class Transfer:
     """A transfer away from an agent whose destination is not known yet."""
 
@@ -140,6 +169,7 @@ class Call:
     vars: dict[str, str] = field(default_factory=dict)
     transfer: Transfer | None = None  # a transfer whose destination is still to come
     merged_into: str | None = None  # a consult call an attended transfer folded into another
+    holds: list[Hold] = field(default_factory=list)  # CTI routing mode's waits for the router
 
     # --- derived from the segments ------------------------------------------------------------
 
@@ -164,6 +194,13 @@ class Call:
             last = self.segments[-1]
             if last.waiting or last.talking:
                 return last
+        return None
+
+    @property
+    def held(self) -> Hold | None:
+        """The router's wait the caller is in now (CTI routing mode)."""
+        if self.holds and self.holds[-1].outcome is None:
+            return self.holds[-1]
         return None
 
     @property
@@ -213,7 +250,8 @@ class Call:
     def abandoned_in_ivr(self) -> bool:
         """Ended without a segment (no queue, no agent rang) while an IVR flow ran: see
         :func:`cti.model.ivr.abandoned_in_ivr`. A cheap test first: most calls have no ``CTI_*`` variable."""
-        return self.ended and not self.segments and bool(self.vars) and abandoned_in_ivr(self.vars)
+        return (self.ended and not self.segments and not self.holds and bool(self.vars)
+                and abandoned_in_ivr(self.vars))
 
     @property
     def final_outcome(self) -> FinalOutcome | None:
@@ -269,6 +307,7 @@ class Call:
             "ended": self.ended,
             "gap": self.seen_gap,
             "segments": [s.snapshot() for s in self.segments],
+            **({"holds": [h.snapshot() for h in self.holds]} if self.holds else {}),
             "ivr": ivr_part(self.vars) if self.vars else None,
         }
 
@@ -413,4 +452,5 @@ def call_from_dict(data: dict[str, Any]) -> Call:
         offers[key] = Offer(**offer)
     fields["offers"] = offers
     fields["transfer"] = Transfer(**fields["transfer"]) if fields.get("transfer") else None
+    fields["holds"] = [Hold(**hold) for hold in fields.get("holds", [])]
     return Call(**fields)

@@ -881,6 +881,17 @@ class RoutingController:
                             variables=self._call_vars(linkedid) or {}, customer=self._customer_of(linkedid),
                             agents=self._agents.ids)
 
+    def kpi_place(self, linkedid: str, entry: str | None) -> tuple[str, str, tuple[str, ...]]:
+        """Where the KPIs count a held caller: the entry point, tier and skills routing gives them, from
+        the same variables and record as :meth:`_on_hold` (every server, from its own call model)."""
+        call = waiting_call(linkedid, self.config, now_ms=0, entry=entry, variables=self._call_vars(linkedid) or {},
+                            customer=self._customer_of(linkedid), agents=self._agents.ids).call
+        if call.requirements is not None:
+            skills = call.requirements.skills
+        else:
+            skills = self.config.entry_points[call.entry_point].requires.skills
+        return call.entry_point, call.tier, tuple(sorted(skills))
+
     # ----- agents, by hand (CLI, API) ---------------------------------------------------------------
 
     async def set_ready(self, agent_id: str) -> None:

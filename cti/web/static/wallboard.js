@@ -32,7 +32,8 @@ function render() {
   const t = now();
   const roll = board.rolling.all[""], today = board.today.all[""];
   const target = board.target_service_level;
-  const queues = Object.entries(board.queues);
+  // waiting: app_queue's queues and, in CTI routing mode, the router's holds by entry point
+  const queues = [...Object.entries(board.queues), ...Object.entries(board.entry_points || {})];
   const oldest = queues.map(([, q]) => q.oldest_joined_at).filter((x) => x != null);
   tile("#t-waiting", String(queues.reduce((n, [, q]) => n + q.waiting, 0)));
   tile("#t-longest", oldest.length ? clock(t - Math.min(...oldest)) : "—");
@@ -44,17 +45,15 @@ function render() {
   tile("#t-aht", secs(roll.aht_s), "today " + secs(today.aht_s));
   tile("#t-repeat", pct(today.repeat_rate));
   $("#basis").textContent = "service level over " + board.basis + " calls · threshold " + board.thresholds.default_s + " s";
-  const rollQ = board.rolling.queue || {}, todayQ = board.today.queue || {};
-  const names = [...new Set([...queues.map(([n]) => n), ...Object.keys(todayQ)])].sort();
-  $("#queues").replaceChildren(...names.map((n) => {
-    const q = board.queues[n] || {}, r = rollQ[n] || {}, d = todayQ[n] || {}, s = board.staffing[n] || {};
-    return row([n, q.waiting ?? 0, q.oldest_joined_at != null ? clock(t - q.oldest_joined_at) : "—",
-      pct(r.service_level), pct(d.service_level), d.offered ?? 0, d.answered ?? 0, d.abandoned ?? 0,
-      left(d.unanswered), secs(d.asa_s), secs(d.aht_s), s.agents_needed ?? "—"]);
-  }));
-  const tiers = Object.entries(board.today.tier || {}).sort();
-  $("#tiers").replaceChildren(...tiers.map(([name, d]) => row([name.replace("vip", "VIP "), d.offered,
-    pct(d.service_level), d.answered, d.abandoned, secs(d.asa_s)])));
+  places("#queues", "queue", board.queues, (n) => board.staffing[n], t);
+  places("#entry-points", "entry", board.entry_points || {}, (n) => (board.entry_points[n] || {}).staffing, t);
+  $("#entry-section").hidden = !$("#entry-points").children.length;
+  for (const kind of ["tier", "skill"]) {
+    const rows = Object.entries(board.today[kind] || {}).sort();
+    $("#" + kind + "s").replaceChildren(...rows.map(([name, d]) => row([name.replace(/^vip(\d)/, "VIP $1"),
+      d.offered, pct(d.service_level), d.answered, d.abandoned, secs(d.asa_s)])));
+  }
+  $("#skill-section").hidden = !$("#skills").children.length;
   $("#by-state").textContent = Object.entries(board.agents_by_state).filter(([, n]) => n)
     .map(([s, n]) => n + " " + s.replace("_", " ")).join(" · ");
   $("#agents").replaceChildren(...board.agents.map((a) => {
@@ -63,6 +62,18 @@ function render() {
     return tr;
   }));
   chart(board.chart, target);
+}
+
+// One row per queue (or entry point): waiting now, then the 15 minutes' and the day's figures.
+function places(body, kind, waiting, staffing, t) {
+  const roll = board.rolling[kind] || {}, today = board.today[kind] || {};
+  const names = [...new Set([...Object.keys(waiting), ...Object.keys(today)])].sort();
+  $(body).replaceChildren(...names.map((n) => {
+    const q = waiting[n] || {}, r = roll[n] || {}, d = today[n] || {}, s = staffing(n) || {};
+    return row([n, q.waiting ?? 0, q.oldest_joined_at != null ? clock(t - q.oldest_joined_at) : "—",
+      pct(r.service_level), pct(d.service_level), d.offered ?? 0, d.answered ?? 0, d.abandoned ?? 0,
+      left(d.unanswered), secs(d.asa_s), secs(d.aht_s), s.agents_needed ?? "—"]);
+  }));
 }
 
 function chart(points, target) {
