@@ -28,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
+from cti.admin.flows import FlowAdmin
 from cti.admin.routing import RoutingAdmin
 from cti.admin.versions import AuditLog, ConfigVersions
 from cti.agents import AgentRegistry
@@ -60,7 +61,7 @@ from cti.router.state_push import StatePusher
 from cti.router.store import RouterStore
 from cti.supervise import Supervisor, raise_if_cancelling
 from cti.web import build_web_app
-from cti.web.admin_api import admin_routes, record_forced
+from cti.web.admin_api import admin_routes, flow_routes, record_forced
 from cti.web.calls_api import calls_routes
 from cti.web.commands_api import command_routes
 from cti.web.routes import REGISTRIES, WebState
@@ -121,6 +122,7 @@ class CtiServer:
         self.ivr_ended: Counter[str] = Counter()  # IVR sessions by how they ended
         self.router: RoutingController | None = None  # CTI routing mode only
         self.routing_admin: RoutingAdmin | None = None  # CTI routing mode only
+        self.flow_admin: FlowAdmin | None = None  # with agi.enabled
         self.tokens: TokenStore | None = None  # None: auth.enabled is false
         self.commands: CommandExecutor
         self.views = AgentViews()
@@ -201,6 +203,10 @@ class CtiServer:
                                               versions=ConfigVersions(redis, key_prefix=cfg.redis.key_prefix),
                                               now_ms=lambda: int(time.time() * 1000), source=str(cfg.routing.file))
             await self.routing_admin.restore()  # before routing starts: an admin's activated version wins
+        if cfg.agi.enabled:
+            self.flow_admin = FlowAdmin(redis=redis, key_prefix=cfg.redis.key_prefix, directory=cfg.agi.flows,
+                                        audit=self.audit, reload=self._reload_flows)
+            await self.flow_admin.restore()  # before the flows are read: the versions in force are the files
         self.ami = AmiClient(config=cfg.ami, on_event=on_event, on_connect=self.pipeline.on_connect)
         self.commands = CommandExecutor(agents=self.agents, model=self.model, actions=_Later(lambda: self.ami),
                                         config=cfg.commands, states=self.router,
@@ -214,7 +220,8 @@ class CtiServer:
                                  choices=self._command_choices, view=self.views.view),
                  *command_routes(self.run_command, forced),
                  *calls_routes(agents=self.agents, history=self.calllog),
-                 *kpi_routes(self.kpis), *admin_routes(self.routing_admin, self.audit)]
+                 *kpi_routes(self.kpis), *admin_routes(self.routing_admin, self.audit),
+                 *flow_routes(self.flow_admin)]
         app = build_web_app(WebState(model=self.model, agents=self.agents, health=self.health,
                                      customer_of=self.pipeline.customer_of), extra_routes=extra,
                             middlewares=[cors_middleware(cfg.http.allowed_origins)])
@@ -251,6 +258,8 @@ class CtiServer:
             states = StatePusher(self.router.store, self.agents, self.notifier.submit,
                                  consumer=f"{socket.gethostname()}:{os.getpid()}")
             self._tasks.append(sup.start("cti.agent_states", states.run))
+        if self.flow_admin is not None:
+            self._tasks.append(sup.start("cti.flow_follow", self.flow_admin.follow))
         self._tasks.append(sup.start("cti.gauges", self._gauges))
         self._tasks.append(sup.start("cti.kpis", self.kpis.run))
         self._tasks.append(sup.start("cti.redis_watch", self._watch_redis))
@@ -404,6 +413,11 @@ class CtiServer:
         except OSError as exc:
             raise StartupError(f"cannot listen for FastAGI on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
         log.info("agi.listening", host=cfg.host, port=self.agi.port, flows=sorted(self.flows))
+
+    def _reload_flows(self) -> None:
+        """An admin activated a flow version: in service now, not at the next second's look at the files."""
+        if isinstance(self.flows, FlowRegistry):
+            self.flows.refresh()
 
     def _ivr_ended(self, result: IvrResult) -> None:
         """Until CTI routing mode takes the caller from here, the result is logged and counted; the

@@ -15,7 +15,7 @@ import yaml
 
 from cti.config import AuthConfig
 from tests.e2e import eventually
-from tests.test_e2e_cti_mode import ROUTING, cti_config, cti_running, place
+from tests.test_e2e_cti_mode import FLOW, ROUTING, cti_config, cti_running, place
 
 
 async def request(http: aiohttp.ClientSession, url: str, token: str | None, method: str, path: str,
@@ -174,3 +174,55 @@ async def test_activations_during_traffic_lose_no_call_and_reorder_none(
     assert offered == came, "first come, first offered: no activation moved a caller"
     assert all(len(r["cti"]["rings"]) == 1 for r in records.values()), "nobody rung twice"
     assert server.health()["routing"]["redis_errors"] == 0
+
+
+async def test_an_ivr_flow_edited_through_the_api_runs_for_the_next_caller(
+        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+    """A bad flow is refused with the path of the problem and the flow in service stays; a good one,
+    activated, is the file and the registry's flow before the reply, and the next caller runs it to an
+    agent; a rollback puts the old one back; an agent's token cannot touch it; all of it audited."""
+    config = cti_config(redis_url, mqtt_port, tmp_path)
+    config = config.model_copy(update={"auth": AuthConfig(enabled=True)})
+    async with cti_running(config) as (sim, server), aiohttp.ClientSession() as http:
+        assert server.tokens is not None
+        tokens = {role: (await server.tokens.issue(subject, role))[0]  # type: ignore[arg-type]
+                  for subject, role in [("root", "admin"), ("alice", "agent")]}
+        base = f"http://127.0.0.1:{server.http_port}"
+
+        async def call(method: str, path: str, role: str = "admin", **kw: Any) -> tuple[int, Any]:
+            return await request(http, base, tokens[role], method, path, **kw)
+
+        assert await call("GET", "/api/admin/ivr") == (200, [{"name": "onechoice", "version": 1}])
+        status, shown = await call("GET", "/api/admin/ivr/onechoice")
+        assert status == 200 and shown["yaml"] == FLOW
+        assert (await call("POST", "/api/admin/ivr/onechoice/versions", role="agent", json={"yaml": FLOW}))[0] == 403
+        status, body = await call("POST", "/api/admin/ivr/onechoice/versions",
+                                  json={"yaml": FLOW.replace("1: {next: billing}", "1: {next: nowhere}")})
+        assert status == 422 and [e["path"] for e in body["details"]["errors"]] == ["nodes.menu"]
+        in_service = server.flows["onechoice"].version
+
+        edited = FLOW.replace("Press 1 for billing.", "Press 1 for bills.")
+        status, v2 = await call("POST", "/api/admin/ivr/onechoice/versions",
+                                json={"yaml": edited, "comment": "wording"})
+        assert status == 201 and v2["version"] == 2 and v2["parent"] == 1
+        assert server.flows["onechoice"].version == in_service, "not in force until activated"
+        status, diff = await call("GET", "/api/admin/ivr/onechoice/versions/2")
+        assert "+  choose: {file: demo/choose, text: {en: Press 1 for bills.}}" in diff["diff"]
+        status, body = await call("POST", "/api/admin/ivr/onechoice/versions/2/activate", json={})
+        assert status == 200 and body["previous"] == 1
+        flow = server.flows["onechoice"]
+        assert flow.version != in_service and flow.prompts["choose"].text == {"en": "Press 1 for bills."}
+        assert (config.agi.flows / "onechoice.yaml").read_text() == edited
+
+        caller = place(sim, talk=1.0, patience=600)  # the next caller runs the new version to an agent
+        await eventually(lambda: caller in server.model.ended, timeout=30)
+        assert server.model.ended[caller].agent_id in ("alice", "bob")
+
+        status, body = await call("POST", "/api/admin/ivr/onechoice/rollback", json={})
+        assert status == 200 and body["version"] == 1
+        assert server.flows["onechoice"].version == in_service
+        status, audit = await call("GET", "/api/admin/audit")
+        assert [(e["action"], e["detail"]["version"]) for e in audit] == [
+            ("ivr.rolled_back", 1), ("ivr.activated", 2), ("ivr.version_added", 2)]
+        status, spec = await call("GET", "/api/openapi.json")
+        assert "/api/admin/ivr/{name}/versions/{version}/activate" in spec["paths"]

@@ -9,7 +9,6 @@ A version that would leave a waiting call with no entry point or tier is refused
 from __future__ import annotations
 
 import asyncio
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from cti.admin.dryrun import dry_run
-from cti.admin.versions import AuditLog, ConfigVersions, Version
+from cti.admin.versions import AuditLog, ConfigVersions, Version, diff_text
 from cti.router.store import RouterStore
 from cti.supervise import raise_if_cancelling
 from routing.config import RoutingConfig
@@ -137,10 +136,8 @@ class RoutingAdmin:
 
     async def diff(self, version: Version, against: int | None) -> str:
         base = await self.versions.get(against) if against is not None else None
-        before = as_yaml(base.config).splitlines(keepends=True) if base is not None else []
-        return "".join(difflib.unified_diff(before, as_yaml(version.config).splitlines(keepends=True),
-                                            f"version {against}" if base else "(none)",
-                                            f"version {version.version}"))
+        return diff_text(as_yaml(base.config) if base is not None else "", as_yaml(version.config),
+                         f"version {against}" if base else "(none)", f"version {version.version}")
 
     async def follow(self) -> None:
         """Take up a version another server activated."""

@@ -1,14 +1,16 @@
-"""Routing config versions and the audit log, in Redis: shared by every server of the call centre.
+"""Config versions (the routing config's, each IVR flow's) and the audit log, in Redis: shared by
+every server of the call centre.
 
-``{prefix}admin:routing:versions`` maps a version number to its record (the config as JSON data, who
-made it, when, why, which version it was edited from); ``…:seq`` numbers them; ``…:active`` names
-the one in force. Versions are never changed or deleted: a rollback activates an older one again.
-``{prefix}admin:audit`` is a stream of every change and every forced agent state (about the last
-10,000 kept).
+``{prefix}admin:routing:versions`` (``{prefix}admin:ivr:{flow}:versions`` for a flow) maps a version
+number to its record (the config as JSON data, who made it, when, why, which version it was edited
+from); ``…:seq`` numbers them; ``…:active`` names the one in force. Versions are never changed or
+deleted: a rollback activates an older one again. ``{prefix}admin:audit`` is a stream of every change
+and every forced agent state (about the last 10,000 kept).
 """
 
 from __future__ import annotations
 
+import difflib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-__all__ = ["AuditLog", "ConfigVersions", "Version"]
+__all__ = ["AuditLog", "ConfigVersions", "Version", "diff_text"]
 
 AUDIT_MAXLEN = 10_000
 
@@ -37,9 +39,9 @@ class Version:
 
 
 class ConfigVersions:
-    def __init__(self, redis: aioredis.Redis, *, key_prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, *, key_prefix: str, kind: str = "routing") -> None:
         self._redis = redis
-        self._key = f"{key_prefix}admin:routing:"
+        self._key = f"{key_prefix}admin:{kind}:"
 
     async def add(self, config: dict[str, Any], *, author: str, comment: str = "", parent: int | None = None,
                   at: float | None = None) -> Version:
@@ -81,3 +83,8 @@ class AuditLog:
             raw = fields.get(b"entry", fields.get("entry"))
             out.append({"id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id, **orjson.loads(raw)})
         return out
+
+
+def diff_text(before: str, after: str, from_name: str, to_name: str) -> str:
+    return "".join(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                        from_name, to_name))

@@ -1,5 +1,6 @@
-"""The admin API: routing config versions (read, add, dry-run, activate, roll back), the audit log,
-the OpenAPI document, and the ``/admin`` page. Supervisors read; only admins change."""
+"""The admin API: routing config versions (read, add, dry-run, activate, roll back), IVR flow versions
+(read, add, activate, roll back), the audit log, the OpenAPI document, and the ``/admin`` page.
+Supervisors read; only admins change."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ import yaml
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from cti.admin.flows import FLOW_NAME, FlowAdmin
 from cti.admin.routing import ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml
-from cti.admin.versions import AuditLog, Version
+from cti.admin.versions import AuditLog, Version, diff_text
 from cti.auth.tokens import Principal, Role
 from cti.auth.web import http_error, require
 from cti.web.routes import STATIC, error_response
 from routing.config import RoutingConfig
 
-__all__ = ["admin_routes", "openapi", "record_forced"]
+__all__ = ["admin_routes", "flow_routes", "openapi", "record_forced"]
 
 log = structlog.get_logger(__name__)
 
@@ -94,8 +96,7 @@ def admin_routes(admin: RoutingAdmin | None, audit: AuditLog) -> list[web.RouteD
             version = await routing().propose(data, who=who.subject, role=who.role,
                                               comment=str(body.get("comment", ""))[:500])
         except ConfigInvalid as exc:
-            return error_response(422, "invalid-config", f"{len(exc.errors)} invalid setting(s); nothing was "
-                                  "stored and the version in force is unchanged", errors=exc.errors)
+            return _invalid(exc)
         return web.json_response(version.summary(), status=201)
 
     async def dry_run(request: web.Request) -> web.Response:
@@ -143,6 +144,97 @@ def admin_routes(admin: RoutingAdmin | None, audit: AuditLog) -> list[web.RouteD
             web.get("/api/openapi.json", spec), web.get("/admin", page)]
 
 
+def _invalid(exc: ConfigInvalid) -> web.Response:
+    return error_response(422, "invalid-config", f"{len(exc.errors)} invalid setting(s); nothing was "
+                          "stored and the version in force is unchanged", errors=exc.errors)
+
+
+def flow_routes(flows: FlowAdmin | None) -> list[web.RouteDef]:
+    """``flows`` is None when the server runs no FastAGI (``agi.enabled: false``)."""
+
+    def admin() -> FlowAdmin:
+        if flows is None:
+            raise http_error(web.HTTPNotFound, "no-ivr", "agi.enabled is false: this server runs no IVR flows")
+        return flows
+
+    def name_of(request: web.Request) -> str:
+        name = request.match_info["name"]
+        if not FLOW_NAME.match(name):
+            raise http_error(web.HTTPNotFound, "no-such-flow", "a flow's name is its file's, without .yaml")
+        return name
+
+    async def version_or_404(name: str, number: int) -> Version:
+        version = await admin().versions(name).get(number)
+        if version is None:
+            raise http_error(web.HTTPNotFound, "no-such-version", "no such version")
+        return version
+
+    async def listing(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        a = admin()
+        return web.json_response([{"name": n, "version": a.in_force.get(n)} for n in a.names()])
+
+    async def current(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        name = name_of(request)
+        text = admin().text(name)
+        if text is None:
+            raise http_error(web.HTTPNotFound, "no-such-flow", f"no flow file {name}.yaml")
+        return web.json_response({"name": name, "version": admin().in_force.get(name), "yaml": text})
+
+    async def versions(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        name = name_of(request)
+        in_force = admin().in_force.get(name)
+        return web.json_response([{**v.summary(), "active": v.version == in_force}
+                                  for v in reversed(await admin().versions(name).all())])
+
+    async def one(request: web.Request) -> web.Response:
+        await require(request, *READ)
+        name = name_of(request)
+        version = await version_or_404(name, _number(request))
+        base = await admin().versions(name).get(version.parent) if version.parent is not None else None
+        return web.json_response({**version.summary(), "active": version.version == admin().in_force.get(name),
+                                  "yaml": version.config["yaml"], "diff_against": version.parent,
+                                  "diff": diff_text(base.config["yaml"] if base else "", version.config["yaml"],
+                                                    f"version {version.parent}" if base else "(none)",
+                                                    f"version {version.version}")})
+
+    async def add(request: web.Request) -> web.Response:
+        who = await require(request, "admin")
+        name = name_of(request)
+        body = await _body(request)
+        if not isinstance(body.get("yaml"), str):
+            raise http_error(web.HTTPBadRequest, "bad-json", "send the flow as {yaml: '...', comment: '...'}")
+        try:
+            version = await admin().propose(name, body["yaml"], who=who.subject, role=who.role,
+                                            comment=str(body.get("comment", ""))[:500])
+        except ConfigInvalid as exc:
+            return _invalid(exc)
+        return web.json_response(version.summary(), status=201)
+
+    async def activate(request: web.Request) -> web.Response:
+        who = await require(request, "admin")
+        name = name_of(request)
+        version = await version_or_404(name, _number(request))
+        try:
+            return web.json_response(await admin().activate(name, version, who=who.subject, role=who.role))
+        except ConfigInvalid as exc:
+            return _invalid(exc)
+
+    async def rollback(request: web.Request) -> web.Response:
+        who = await require(request, "admin")
+        try:
+            return web.json_response(await admin().rollback(name_of(request), who=who.subject, role=who.role))
+        except LookupError as exc:
+            return error_response(409, "nothing-to-roll-back", str(exc))
+
+    base = "/api/admin/ivr/{name}"
+    return [web.get("/api/admin/ivr", listing), web.get(base, current), web.get(f"{base}/versions", versions),
+            web.post(f"{base}/versions", add), web.get(f"{base}/versions/{{version}}", one),
+            web.post(f"{base}/versions/{{version}}/activate", activate), web.post(f"{base}/rollback", rollback)]
+
+
 def _op(summary: str, role: str, *, body: dict[str, Any] | None = None, ok: str = "200",
         errors: tuple[str, ...] = ()) -> dict[str, Any]:
     responses: dict[str, Any] = {ok: {"description": "done"}, "401": {"description": "no token, or a bad one"},
@@ -161,11 +253,14 @@ def _op(summary: str, role: str, *, body: dict[str, Any] | None = None, ok: str 
 def openapi() -> dict[str, Any]:
     """The admin API as OpenAPI 3.1; the routing config's schema is the pydantic model's own."""
     version_path = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}
+    name_path = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "the flow file's name without .yaml (agi://host/NAME)"}
     force = {"type": "object", "properties": {"force": {"type": "boolean", "default": False}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "CTI server admin API", "version": "1",
-                 "description": "Routing config versions, dry runs, activation, rollback and the audit log. "
+                 "description": "Routing config and IVR flow versions, dry runs, activation, rollback and the audit "
+                 "log. "
                  "docs/kpis.md documents /api/kpis; docs/events.md the agents' API."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "cti_<id>_<secret>"}},
@@ -198,6 +293,26 @@ def openapi() -> dict[str, Any]:
                 errors=("404", "409")), "parameters": [version_path]}},
             "/api/admin/routing/rollback": {"post": _op("put the version in force before this one back", "admin",
                                                         body=force, errors=("409",))},
+            "/api/admin/ivr": {"get": _op("the IVR flow files and the version of each in force", "supervisor")},
+            "/api/admin/ivr/{name}": {"get": {**_op("a flow's YAML in force", "supervisor", errors=("404",)),
+                                              "parameters": [name_path]}},
+            "/api/admin/ivr/{name}/versions": {
+                "parameters": [name_path],
+                "get": _op("every version of the flow, newest first", "supervisor"),
+                "post": _op("add a version (not yet in force), checked as the FastAGI server reads flows: "
+                            "{yaml: '...', comment}", "admin", ok="201", errors=("422",),
+                            body={"type": "object", "required": ["yaml"], "properties": {
+                                "yaml": {"type": "string"}, "comment": {"type": "string"}}}),
+            },
+            "/api/admin/ivr/{name}/versions/{version}": {"get": {**_op(
+                "a version of the flow, its YAML and its diff against its parent", "supervisor", errors=("404",)),
+                "parameters": [name_path, version_path]}},
+            "/api/admin/ivr/{name}/versions/{version}/activate": {"post": {**_op(
+                "put the version in force on every server: the next caller runs it, callers in the flow finish "
+                "on theirs", "admin", errors=("404", "422")), "parameters": [name_path, version_path]}},
+            "/api/admin/ivr/{name}/rollback": {"post": {**_op("put the flow's version in force before this one "
+                                                              "back", "admin", errors=("409",)),
+                                                        "parameters": [name_path]}},
             "/api/admin/audit": {"get": _op("every change and forced agent state, newest first", "supervisor")},
         },
     }
