@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from cti.admin.flows import FLOW_NAME, FlowAdmin
 from cti.admin.routing import ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml
-from cti.admin.versions import AuditLog, Version, diff_text
+from cti.admin.versions import AuditLog, ConfigVersions, Version, diff_text
 from cti.auth.tokens import Principal, Role
 from cti.auth.web import http_error, require
 from cti.web.routes import STATIC, error_response
@@ -32,6 +32,13 @@ def _number(request: web.Request) -> int:
         return int(request.match_info["version"])
     except ValueError:
         raise http_error(web.HTTPNotFound, "no-such-version", "a version is a number") from None
+
+
+async def _stored(versions: ConfigVersions, number: int) -> Version:
+    version = await versions.get(number)
+    if version is None:
+        raise http_error(web.HTTPNotFound, "no-such-version", "no such version")
+    return version
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -54,10 +61,7 @@ def admin_routes(admin: RoutingAdmin | None, audit: AuditLog) -> list[web.RouteD
         return admin
 
     async def version_or_404(number: int) -> Version:
-        version = await routing().versions.get(number)
-        if version is None:
-            raise http_error(web.HTTPNotFound, "no-such-version", "no such version")
-        return version
+        return await _stored(routing().versions, number)
 
     async def current(request: web.Request) -> web.Response:
         await require(request, *READ)
@@ -164,10 +168,7 @@ def flow_routes(flows: FlowAdmin | None) -> list[web.RouteDef]:
         return name
 
     async def version_or_404(name: str, number: int) -> Version:
-        version = await admin().versions(name).get(number)
-        if version is None:
-            raise http_error(web.HTTPNotFound, "no-such-version", "no such version")
-        return version
+        return await _stored(admin().versions(name), number)
 
     async def listing(request: web.Request) -> web.Response:
         await require(request, *READ)
