@@ -53,7 +53,7 @@ def free_port(preferred: int = 0) -> int:
 
 
 _ports = random.Random()
-_handed_out: set[int] = set()  # this process's picks: two in a row are never the same port
+_handed_out: set[int] = set()  # this process's picks: none is handed out twice
 
 
 def _bindable(port: int) -> bool:

@@ -21,14 +21,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-import yaml
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from cti.admin.routing import FOLLOW_S, ConfigInvalid
+from cti.admin.routing import FOLLOW_S, ConfigInvalid, load_yaml
 from cti.admin.versions import AuditLog, ConfigVersions, Version
+from cti.agi.flows import flow_errors
 from cti.supervise import raise_if_cancelling
-from ivr_flows import Flow, check_flow
+from ivr_flows import Flow
 
 __all__ = ["FLOW_NAME", "FlowAdmin", "validate_flow"]
 
@@ -41,12 +41,7 @@ FLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 def validate_flow(name: str, text: str) -> Flow:
     """As :class:`~cti.agi.flows.FlowRegistry` would take the file: parsed, validated, checked; every
     problem with its path (``nodes.menu.options.1.next``, or ``line 3, column 5`` for YAML)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigInvalid([{"path": where, "message": str(getattr(exc, "problem", exc))}]) from None
+    data = load_yaml(text)
     if not isinstance(data, dict):
         raise ConfigInvalid([{"path": "", "message": "a flow is a mapping (start, languages, nodes, …)"}])
     try:
@@ -54,7 +49,7 @@ def validate_flow(name: str, text: str) -> Flow:
     except ValidationError as exc:
         raise ConfigInvalid([{"path": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
                              for err in exc.errors()]) from None
-    problems = [p for p in check_flow(flow) if p.severity == "error"]
+    problems = flow_errors(flow)
     if problems:
         raise ConfigInvalid([{"path": f"nodes.{p.node}" if p.node else "", "message": f"{p.message} [{p.kind}]"}
                              for p in problems])

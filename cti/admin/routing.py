@@ -24,7 +24,7 @@ from cti.router.store import RouterStore
 from cti.supervise import raise_if_cancelling
 from routing.config import RoutingConfig
 
-__all__ = ["ActivationRefused", "ConfigInvalid", "RoutingAdmin"]
+__all__ = ["ActivationRefused", "ConfigInvalid", "RoutingAdmin", "load_yaml"]
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +42,16 @@ class ActivationRefused(Exception):
     def __init__(self, message: str, stranded: list[str]) -> None:
         super().__init__(message)
         self.stranded = stranded
+
+
+def load_yaml(text: str) -> Any:
+    """An admin's YAML, or a :class:`ConfigInvalid` that says where it stops parsing."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigInvalid([{"path": where, "message": str(getattr(exc, "problem", exc))}]) from None
 
 
 def validate(data: Any) -> RoutingConfig:

@@ -32,7 +32,7 @@ from structlog.typing import FilteringBoundLogger
 
 from ivr_flows import Flow, FlowError, Problem, check_flow, load_flow
 
-__all__ = ["FlowRegistry", "Stamp"]
+__all__ = ["FlowRegistry", "Stamp", "flow_errors"]
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -48,7 +48,8 @@ class _File:
     error: str | None = None  # why the latest version was rejected
 
 
-def _errors(flow: Flow) -> list[Problem]:
+def flow_errors(flow: Flow) -> list[Problem]:
+    """What keeps a flow out of service: :func:`check_flow`'s errors (its warnings do not)."""
     return [p for p in check_flow(flow) if p.severity == "error"]
 
 
@@ -66,7 +67,7 @@ class FlowRegistry(Mapping[str, Flow]):
         directory: Path | str,
         *,
         check_every: float = 1.0,
-        check: Callable[[Flow], list[Problem]] = _errors,
+        check: Callable[[Flow], list[Problem]] = flow_errors,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = Path(directory)

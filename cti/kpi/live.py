@@ -106,7 +106,7 @@ class KpiService:
         self._place = place
         self._counted: dict[str, int] = {}  # linkedid -> segments already counted (closed ones, in order)
         self._holds_counted: dict[str, int] = {}  # linkedid -> the router's holds already counted
-        self._places: dict[tuple[str, str | None], tuple[str, str, tuple[str, ...]]] = {}
+        self._places: dict[str, dict[str | None, tuple[str, str, tuple[str, ...]]]] = {}  # linkedid -> Entry -> place
         self._tiers: dict[str, str] = {}
         self._arrivals: list[tuple[str, str, float]] = []  # (linkedid, number, first join) for the repeat lookup
         self._arrival_queued = asyncio.Event()
@@ -141,6 +141,7 @@ class KpiService:
         if holds:
             if event.type == ev.CALL_HELD:
                 self.placed(linkedid, holds[-1].get("entry"))
+                self._touch()  # one more caller waiting
             self._count_holds(linkedid, holds, event.ts)
         if event.type == ev.CALL_FINISHED:
             self._finished(linkedid, data, event.ts)
@@ -157,18 +158,19 @@ class KpiService:
             self.book.visit_ended(VisitEnd(queue=None, entry=entry, skills=skills, tier=tier,
                                            at=hold.get("left_at") or ts or self._clock(), outcome=hold["outcome"],
                                            wait_s=hold.get("wait_s") or 0.0, reason=hold.get("reason")))
-        self._holds_counted[linkedid] = counted
-        self._touch()  # a new hold or one that ended: the waiting figures move either way
+        if counted != done:
+            self._holds_counted[linkedid] = counted
+            self._touch()
 
     def placed(self, linkedid: str, entry: str | None) -> tuple[str, str, tuple[str, ...]]:
         """Classed once, while the call is live (its variables go with it): a hold that ends at the
         hang-up counts where it waited."""
         if self._place is None:
             return entry or "cti", self._tier(linkedid), ()
-        key = (linkedid, entry)
-        place = self._places.get(key)
+        places = self._places.setdefault(linkedid, {})
+        place = places.get(entry)
         if place is None:
-            place = self._places[key] = self._place(linkedid, entry)
+            place = places[entry] = self._place(linkedid, entry)
         return place
 
     def publish(self, envelope: Envelope) -> None:
@@ -203,14 +205,13 @@ class KpiService:
                 self.book.arrived(at, repeat=False)
         self._counted.pop(linkedid, None)
         self._holds_counted.pop(linkedid, None)
-        for key in [key for key in self._places if key[0] == linkedid]:
-            del self._places[key]
+        self._places.pop(linkedid, None)
         self._tiers.pop(linkedid, None)
         self._touch()
 
     def _tier(self, linkedid: str) -> str:
         if self._place is not None:  # CTI routing mode: its own tiers, for the fallback queue's visits too
-            held = next((place for (call, _), place in self._places.items() if call == linkedid), None)
+            held = next(iter(self._places.get(linkedid, {}).values()), None)
             return held[1] if held is not None else self._place(linkedid, None)[1]
         tier = self._tiers.get(linkedid)
         if tier is None or tier == "standard":  # the record may have arrived since

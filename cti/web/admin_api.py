@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-import yaml
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from cti.admin.flows import FLOW_NAME, FlowAdmin
-from cti.admin.routing import ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml
+from cti.admin.routing import ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml, load_yaml
 from cti.admin.versions import AuditLog, ConfigVersions, Version, diff_text
 from cti.auth.tokens import Principal, Role
 from cti.auth.web import http_error, require
@@ -88,15 +87,9 @@ def admin_routes(admin: RoutingAdmin | None, audit: AuditLog) -> list[web.RouteD
         who = await require(request, "admin")
         body = await _body(request)
         data = body.get("config")
-        if data is None and isinstance(body.get("yaml"), str):
-            try:
-                data = yaml.safe_load(body["yaml"])
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-                return error_response(422, "invalid-config", "the YAML does not parse",
-                                      errors=[{"path": where, "message": str(getattr(exc, "problem", exc))}])
         try:
+            if data is None and isinstance(body.get("yaml"), str):
+                data = load_yaml(body["yaml"])
             version = await routing().propose(data, who=who.subject, role=who.role,
                                               comment=str(body.get("comment", ""))[:500])
         except ConfigInvalid as exc:
