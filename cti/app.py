@@ -261,7 +261,8 @@ class CtiServer:
         if self.flow_admin is not None:
             self._tasks.append(sup.start("cti.flow_follow", self.flow_admin.follow))
         self._tasks.append(sup.start("cti.gauges", self._gauges))
-        self._tasks.append(sup.start("cti.kpis", self.kpis.run))
+        statuses = self.router.store if self.router is not None else None  # wrap-ups, for handle time
+        self._tasks.append(sup.start("cti.kpis", lambda: self.kpis.run(statuses)))
         self._tasks.append(sup.start("cti.redis_watch", self._watch_redis))
         if cfg.ami.resync_interval > 0:
             interval = cfg.ami.resync_interval

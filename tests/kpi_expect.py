@@ -23,6 +23,7 @@ class Visit:
     threshold_s: float
     talk_s: float | None = None
     reason: str | None = None
+    wrap_s: float | None = None  # the answering agent's wrap-up after it (CTI routing)
 
 
 def on_day(at: float | None, day: str) -> bool:
@@ -46,7 +47,8 @@ def figures_of(visits: Iterable[Visit], short_abandon_s: float) -> dict[Dim, dic
     for visit in visits:
         for dim in visit.dims:
             k = out.setdefault(dim, {"offered": 0, "answered": 0, "abandoned": 0, "short_abandons": 0, "good": 0,
-                                     "wait": 0.0, "handled": 0, "handle": 0.0, "unanswered": {}})
+                                     "wait": 0.0, "handled": 0, "handle": 0.0, "wrap_ups": 0, "wrap": 0.0,
+                                     "unanswered": {}})
             if visit.outcome in ("answered", "transferred"):
                 k["offered"] += 1
                 k["answered"] += 1
@@ -55,6 +57,9 @@ def figures_of(visits: Iterable[Visit], short_abandon_s: float) -> dict[Dim, dic
                 if visit.talk_s is not None:
                     k["handled"] += 1
                     k["handle"] += visit.talk_s
+                if visit.wrap_s is not None:
+                    k["wrap_ups"] += 1
+                    k["wrap"] += visit.wrap_s
             elif visit.outcome == "abandoned":
                 if visit.wait_s < short_abandon_s:
                     k["short_abandons"] += 1
@@ -72,8 +77,28 @@ def figures_of(visits: Iterable[Visit], short_abandon_s: float) -> dict[Dim, dic
         "answer_rate": k["answered"] / k["offered"] if k["offered"] else None,
         "abandon_rate": k["abandoned"] / k["offered"] if k["offered"] else None,
         "asa_s": k["wait"] / k["answered"] if k["answered"] else None,
-        "aht_s": k["handle"] / k["handled"] if k["handled"] else None,
+        "aht_s": (k["handle"] + k["wrap"]) / k["handled"] if k["handled"] else None,
+        "wrap_ups": k["wrap_ups"], "acw_s": k["wrap"] / k["wrap_ups"] if k["wrap_ups"] else None,
     } for dim, k in out.items()}
+
+
+async def wrap_ups(redis: Any, key_prefix: str) -> dict[str, float]:
+    """Each routed call's wrap-up, from the router's status stream as written: from an agent's
+    ``wrap_up`` about the call to that agent's next status."""
+    entries = await redis.xrange(f"{key_prefix}router:changes")
+    last: dict[str, tuple[float, str, str]] = {}  # agent -> (at, status, call)
+    out: dict[str, float] = {}
+    for entry_id, fields in entries:
+        at = int(entry_id.decode().split("-")[0]) / 1000
+        agent, status, call = (fields[k].decode() for k in (b"a", b"s", b"c"))
+        before = last.get(agent)
+        wrapping = before is not None and before[1] == "wrap_up"
+        if wrapping and (status, call) == ("wrap_up", before[2]):
+            continue  # extended: the same wrap-up
+        if wrapping:
+            out[before[2]] = out.get(before[2], 0.0) + at - before[0]
+        last[agent] = (at, status, call)
+    return out
 
 
 def same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:

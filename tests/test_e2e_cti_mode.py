@@ -19,7 +19,7 @@ from cti.config import AgentConfig, AgiConfig, Config, RoutingModeConfig
 from cti.devservices import free_port
 from cti.sim.server import AmiServer
 from tests.e2e import Inbox, eventually, eventually_status, make_config, status, ws_listener
-from tests.kpi_expect import Visit, figures_of, metric_values, on_day, queue_visits, same
+from tests.kpi_expect import Visit, figures_of, metric_values, on_day, queue_visits, same, wrap_ups
 
 pytestmark = pytest.mark.network
 
@@ -246,7 +246,7 @@ HOLD_OUTCOMES = {"answered": "answered", "abandoned_hold": "abandoned", "abandon
 
 
 async def test_kpis_count_each_hold_as_a_visit_of_its_entry_point(
-        redis_url: str, mqtt_port: int, tmp_path: Path) -> None:
+        redis_url: str, redis_client: Any, mqtt_port: int, tmp_path: Path) -> None:
     """CTI routing mode: a caller's wait for the router is one visit of its entry point (and of the
     skills it asked for and its routing tier), ending answered, abandoned (on hold or while an agent
     rang) or handed to the fallback queue, whose own visit counts in that queue: every figure equal to
@@ -266,8 +266,10 @@ async def test_kpis_count_each_hold_as_a_visit_of_its_entry_point(
         await eventually(lambda: all(c in server.model.ended for c in placed)
                          and {r["linkedid"] for r in sim.sim.pbx.records} >= set(placed), timeout=60)
         held = [r for r in sim.sim.pbx.records if r["linkedid"] in placed and r["cti"]["enqueued_at"] is not None]
-        await eventually(lambda: server.kpis.book.figures(server.kpis.board()["at"])["today"]["all"][""]["arrivals"]
-                         == len(held), timeout=20)
+        answered = sum(r["cti"]["outcome"] == "answered" for r in held)
+        await eventually(lambda: (today := server.kpis.book.figures(server.kpis.board()["at"])["today"]["all"][""])
+                         ["arrivals"] == len(held) and today["wrap_ups"] == answered, timeout=20)
+        wraps = await wrap_ups(redis_client, config.redis.key_prefix)
         base = f"http://127.0.0.1:{server.http_port}"
         async with http.get(f"{base}/api/kpis") as response:
             api = await response.json()
@@ -285,7 +287,8 @@ async def test_kpis_count_each_hold_as_a_visit_of_its_entry_point(
         talk = next((s["talk_s"] for s in r["segments"] if s["queue"] is None and s["outcome"] == "answered"), None)
         visits.append(Visit((("all", ""), ("entry", "billing"), ("skill", "billing"), ("tier", "normal")),
                             outcome, cti["hold_s"], thresholds["billing"], talk if outcome == "answered" else None,
-                            "fallback" if outcome == "unanswered" else None))
+                            "fallback" if outcome == "unanswered" else None,
+                            wraps[r["linkedid"]] if outcome == "answered" else None))
     want = figures_of(visits, 1.5)
     outcomes = {r["cti"]["outcome"] for r in records}
     assert {"answered", "fallback"} <= outcomes and outcomes & {"abandoned_hold", "abandoned_ringing"}, outcomes
@@ -294,7 +297,8 @@ async def test_kpis_count_each_hold_as_a_visit_of_its_entry_point(
     for (kind, value), w in want.items():
         same(api["today"][kind][value], w, f"today {kind} {value}")
     assert api["entry_points"]["billing"]["waiting"] == 0
-    for key in ("offered", "answered", "abandoned", "service_level", "asa_s"):
+    assert want[("entry", "billing")]["acw_s"] > 0.9, "the routing config's 1 s wrap-up, in handle time"
+    for key in ("offered", "answered", "abandoned", "service_level", "asa_s", "aht_s", "acw_s"):
         labels = (("kind", "entry"), ("value", "billing"), ("window", "today"))
         assert math.isclose(metrics[(f"cti_kpi_{key}", labels)], want[("entry", "billing")][key], abs_tol=2e-3), key
     fallbacks = (("kind", "entry"), ("reason", "fallback"), ("value", "billing"), ("window", "today"))

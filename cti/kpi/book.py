@@ -89,7 +89,9 @@ class Counts:
     unanswered: dict[str, int] = field(default_factory=dict)  # by reason (timeout, leaveempty, ..., other)
     answered_wait_s: float = 0.0
     handled: int = 0
-    handle_s: float = 0.0
+    talk_s: float = 0.0
+    wrap_ups: int = 0
+    wrap_s: float = 0.0
     arrivals: int = 0
     repeats: int = 0
 
@@ -108,7 +110,9 @@ class Counts:
                 self.unanswered.pop(reason, None)
         self.answered_wait_s += sign * other.answered_wait_s
         self.handled += sign * other.handled
-        self.handle_s += sign * other.handle_s
+        self.talk_s += sign * other.talk_s
+        self.wrap_ups += sign * other.wrap_ups
+        self.wrap_s += sign * other.wrap_s
         self.arrivals += sign * other.arrivals
         self.repeats += sign * other.repeats
 
@@ -126,7 +130,9 @@ class Counts:
             "service_level": _ratio(good, over), "answer_rate": _ratio(self.answered, self.offered),
             "abandon_rate": _ratio(self.abandoned, self.offered),
             "asa_s": _ratio(self.answered_wait_s, self.answered, 3),
-            "aht_s": _ratio(self.handle_s, self.handled, 3), "handled": self.handled,
+            "aht_s": _ratio(self.talk_s + self.wrap_s, self.handled, 3), "handled": self.handled,
+            "att_s": _ratio(self.talk_s, self.handled, 3), "acw_s": _ratio(self.wrap_s, self.wrap_ups, 3),
+            "wrap_ups": self.wrap_ups,
             "arrivals": self.arrivals, "repeat_rate": _ratio(self.repeats, self.arrivals),
         }
 
@@ -170,9 +176,13 @@ class KpiBook:
             delta.unanswered = {reason: 1}
         self._add(visit.at, visit.dims, delta)
 
-    def handled(self, dims: tuple[Dim, ...], at: float, handle_s: float) -> None:
-        """An answered visit is over: its talk (and wrap-up, where known) is its handle time."""
-        self._add(at, dims, Counts(handled=1, handle_s=handle_s))
+    def handled(self, dims: tuple[Dim, ...], at: float, talk_s: float) -> None:
+        """An answered visit's call is over: its talk is its handle time, with the wrap-up after it."""
+        self._add(at, dims, Counts(handled=1, talk_s=talk_s))
+
+    def wrapped_up(self, dims: tuple[Dim, ...], at: float, wrap_s: float) -> None:
+        """The agent's after-call work on a handled visit is over (CTI routing: the router's wrap-up)."""
+        self._add(at, dims, Counts(wrap_ups=1, wrap_s=wrap_s))
 
     def arrived(self, at: float, *, repeat: bool) -> None:
         """A call reached a queue; ``repeat``: its number called within the repeat window of it."""

@@ -27,11 +27,13 @@ from cti.config import KpiConfig
 from cti.directory.numbers import normalise_number
 from cti.kpi.book import KpiBook, KpiRules, VisitEnd, dims_of
 from cti.kpi.erlang import agents_needed
+from cti.kpi.wrapups import WrapUp, WrapUps
 from cti.model import events as ev
 from cti.model.events import DomainEvent
 from cti.model.reducer import CallModel
 from cti.push.envelope import Envelope
 from cti.push.history import AgentView
+from cti.router.store import StatusChange
 from cti.supervise import raise_if_cancelling
 
 __all__ = ["KpiService", "RedisRepeats", "rules_of"]
@@ -49,6 +51,14 @@ class Repeats(Protocol):
         """For each (linkedid, normalised number, time): whether another call from the number came
         within the window of it."""
         ...
+
+
+class StatusFeed(Protocol):
+    """The router's status changes, every one, to a reader of its own (:class:`cti.router.store.RouterStore`)."""
+
+    async def changes_end(self) -> str: ...
+
+    async def changes_after(self, entry_id: str) -> tuple[str, list[StatusChange]]: ...
 
 
 class RedisRepeats:
@@ -94,7 +104,8 @@ Place = Callable[[str, str | None], tuple[str, str, tuple[str, ...]]]
 class KpiService:
     def __init__(self, *, config: KpiConfig, timezone: str, model: CallModel, agents: AgentRegistry,
                  view: Callable[[str], AgentView], customer_of: Callable[[str], dict[str, Any] | None],
-                 repeats: Repeats | None, clock: Callable[[], float] = time.time, place: Place | None = None) -> None:
+                 repeats: Repeats | None, clock: Callable[[], float] = time.time, place: Place | None = None,
+                 retry_s: float = 1.0) -> None:
         self.config = config
         self.book = KpiBook(rules_of(config, timezone))
         self._model = model
@@ -104,6 +115,8 @@ class KpiService:
         self._repeats = repeats
         self._clock = clock
         self._place = place
+        self._retry_s = retry_s
+        self._wraps = WrapUps()
         self._counted: dict[str, int] = {}  # linkedid -> segments already counted (closed ones, in order)
         self._holds_counted: dict[str, int] = {}  # linkedid -> the router's holds already counted
         self._places: dict[str, dict[str | None, tuple[str, str, tuple[str, ...]]]] = {}  # linkedid -> Entry -> place
@@ -155,11 +168,20 @@ class KpiService:
                 break
             counted += 1
             entry, tier, skills = self.placed(linkedid, hold.get("entry"))
-            self.book.visit_ended(VisitEnd(queue=None, entry=entry, skills=skills, tier=tier,
-                                           at=hold.get("left_at") or ts or self._clock(), outcome=hold["outcome"],
-                                           wait_s=hold.get("wait_s") or 0.0, reason=hold.get("reason")))
+            at = hold.get("left_at") or ts or self._clock()
+            self.book.visit_ended(VisitEnd(queue=None, entry=entry, skills=skills, tier=tier, at=at,
+                                           outcome=hold["outcome"], wait_s=hold.get("wait_s") or 0.0,
+                                           reason=hold.get("reason")))
+            if hold["outcome"] == "answered" and hold.get("leg") and hold.get("agent_id"):
+                self._wrapped(self._wraps.answered(hold["leg"], hold["agent_id"],
+                                                   dims_of(None, tier, entry, skills), at))
         if counted != done:
             self._holds_counted[linkedid] = counted
+            self._touch()
+
+    def _wrapped(self, wrap: WrapUp | None) -> None:
+        if wrap is not None:
+            self.book.wrapped_up(wrap.dims, wrap.at, wrap.wrap_s)
             self._touch()
 
     def placed(self, linkedid: str, entry: str | None) -> tuple[str, str, tuple[str, ...]]:
@@ -305,12 +327,15 @@ class KpiService:
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    async def run(self) -> None:
-        """Push boards and look repeat callers up, until cancelled."""
+    async def run(self, statuses: StatusFeed | None = None) -> None:
+        """Push boards, look repeat callers up and (CTI routing) follow the router's ``statuses`` for
+        wrap-ups, until cancelled."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._push_boards(), name="cti.kpi.boards")
             if self._repeats is not None:
                 group.create_task(self._look_up_repeats(), name="cti.kpi.repeats")
+            if statuses is not None:
+                group.create_task(self._follow_wrap_ups(statuses), name="cti.kpi.wrap_ups")
 
     async def _push_boards(self) -> None:
         while True:
@@ -353,6 +378,25 @@ class KpiService:
                 self.book.arrived(at, repeat=repeat)
             self._touch()
 
+    async def _follow_wrap_ups(self, statuses: StatusFeed) -> None:
+        """Every agent's statuses, from this server's start on: the wrap-ups' ends. Redis away is waited
+        out; the stream keeps what came meanwhile (the newest 10,000 changes)."""
+        after: str | None = None
+        while True:
+            try:
+                if after is None:
+                    after = await statuses.changes_end()
+                while True:
+                    after, changes = await statuses.changes_after(after)
+                    raise_if_cancelling()  # redis-py can swallow a cancellation inside a command
+                    for change in changes:
+                        self._wrapped(self._wraps.status(change.agent, change.status, change.call,
+                                                         change.at_ms / 1000))
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling()
+                log.warning("kpi.wrap_ups_unreadable", error=repr(exc), retry_s=self._retry_s)
+                await asyncio.sleep(self._retry_s)
+
     # --- Prometheus ------------------------------------------------------------------------------
 
     def collect(self) -> Iterable[Any]:
@@ -368,7 +412,9 @@ class KpiService:
             "handled": "answered visits whose call ended", "arrivals": "calls that reached a queue",
             "service_level": "share answered within the threshold, on the configured basis",
             "answer_rate": "answered / offered", "abandon_rate": "abandoned / offered",
-            "asa_s": "average speed of answer, seconds", "aht_s": "average handle time, seconds",
+            "asa_s": "average speed of answer, seconds",
+            "aht_s": "average handle time (talk + wrap-up), seconds", "att_s": "average talk time, seconds",
+            "acw_s": "average after-call work (wrap-up), seconds", "wrap_ups": "wrap-ups over (CTI routing)",
             "repeat_rate": "calls from a number seen within kpi.repeat_window_h / calls",
         }
         families = {k: GaugeMetricFamily(f"cti_kpi_{k}", help_, labels=labels) for k, help_ in names.items()}

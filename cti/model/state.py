@@ -134,8 +134,8 @@ class Hold:
         return None
 
     def snapshot(self) -> dict[str, Any]:
-        return {"entry": self.entry, "joined_at": self.joined_at, "left_at": self.left_at, "outcome": self.outcome,
-                "reason": self.reason, "agent_id": self.agent_id, "wait_s": self.wait_s}
+        return {"entry": self.entry, "leg": self.leg, "joined_at": self.joined_at, "left_at": self.left_at,
+                "outcome": self.outcome, "reason": self.reason, "agent_id": self.agent_id, "wait_s": self.wait_s}
 
 
 @dataclass(slots=True)

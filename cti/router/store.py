@@ -166,6 +166,22 @@ def _requirements_from(d: Mapping[str, Any]) -> Requirements:
                         groups=frozenset(d["groups"]), overflow_groups=frozenset(d["overflow"]))
 
 
+def _status_changes(reply: Any) -> list[tuple[str, StatusChange]]:
+    """An XREAD / XREADGROUP reply on the changes stream as (entry id, change)."""
+    out: list[tuple[str, StatusChange]] = []
+    if isinstance(reply, dict):  # RESP3 answers a map of stream -> entries
+        reply = list(reply.items())
+    for _stream, entries in reply or ():
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            f = {_text(k): _text(v) for k, v in fields.items()}
+            wrap = f.get("w", "")
+            out.append((entry_id, StatusChange(f["a"], _status(f["s"]), int(entry_id.split("-", 1)[0]),
+                                               f.get("r") or None, f.get("c") or None,
+                                               int(float(wrap)) if wrap else None)))
+    return out
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -351,16 +367,21 @@ class RouterStore:
         only their pushes, the statuses are in the store."""
         reply: Any = await self._redis.xreadgroup(group, consumer, {f"{self._ns}changes": ">"}, count=count,
                                                   block=block_ms, noack=True)
-        out: list[StatusChange] = []
-        if isinstance(reply, dict):  # RESP3 answers a map of stream -> entries
-            reply = list(reply.items())
-        for _stream, entries in reply or ():
-            for entry_id, fields in entries:
-                f = {_text(k): _text(v) for k, v in fields.items()}
-                wrap = f.get("w", "")
-                out.append(StatusChange(f["a"], _status(f["s"]), int(_text(entry_id).split("-", 1)[0]),
-                                        f.get("r") or None, f.get("c") or None, int(float(wrap)) if wrap else None))
-        return out
+        return [change for _, change in _status_changes(reply)]
+
+    async def changes_end(self) -> str:
+        """The id of the newest status change ("0-0" for none): where :meth:`changes_after` starts
+        reading what comes from now on."""
+        newest: Any = await self._redis.xrevrange(f"{self._ns}changes", count=1)
+        return _text(newest[0][0]) if newest else "0-0"
+
+    async def changes_after(self, entry_id: str, *, count: int = 256,
+                            block_ms: int = 1000) -> tuple[str, list[StatusChange]]:
+        """Every status change after ``entry_id`` (none after ``block_ms``), for a reader of its own, outside
+        the consumer group: each server's KPIs see every agent's wrap-ups. Returns the id to read after next."""
+        reply: Any = await self._redis.xread({f"{self._ns}changes": entry_id}, count=count, block=block_ms)
+        read = _status_changes(reply)
+        return (read[-1][0] if read else entry_id), [change for _, change in read]
 
     async def end_wrap_ups(self, now_ms: int) -> list[str]:
         """Every wrap-up due by ``now_ms`` ends (the agent is ready, idle from now); returns who, so the

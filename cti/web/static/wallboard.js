@@ -42,7 +42,8 @@ function render() {
   tile("#t-answer", pct(roll.answer_rate), "today " + pct(today.answer_rate) + " of " + today.offered);
   tile("#t-abandon", pct(roll.abandon_rate), "today " + today.abandoned + " (+" + today.short_abandons + " short)");
   tile("#t-asa", secs(roll.asa_s), "today " + secs(today.asa_s));
-  tile("#t-aht", secs(roll.aht_s), "today " + secs(today.aht_s));
+  tile("#t-aht", secs(roll.aht_s), "today " + secs(today.aht_s) +
+       (today.wrap_ups ? " · wrap-up " + secs(today.acw_s) : ""));
   tile("#t-repeat", pct(today.repeat_rate));
   $("#basis").textContent = "service level over " + board.basis + " calls · threshold " + board.thresholds.default_s + " s";
   places("#queues", "queue", board.queues, (n) => board.staffing[n], t);
