@@ -45,6 +45,7 @@ from cti.directory.importer import DirectoryImportError, load_customers
 from cti.directory.store import RedisDirectory
 from cti.dispositions import RedisDispositions
 from cti.heap import settle_heap
+from cti.kpi.facts import RedisFacts
 from cti.kpi.live import KpiService, RedisRepeats
 from cti.metrics import AMI_CONNECTED, AMI_EVENTS, COMPONENT_UP, LIVE_CALLS, ROUTING_OUTCOMES
 from cti.model.reducer import CallModel
@@ -180,7 +181,9 @@ class CtiServer:
                                customer_of=lambda linkedid: self.pipeline.customer_of(linkedid),  # noqa: PLW0108 - made below
                                repeats=RedisRepeats(redis, key_prefix=cfg.redis.key_prefix,
                                                     window_s=3600 * cfg.kpi.repeat_window_h),
-                               place=self._kpi_place if cfg.routing.mode == "cti" else None)
+                               place=self._kpi_place if cfg.routing.mode == "cti" else None,
+                               facts=RedisFacts(redis, key_prefix=cfg.redis.key_prefix, timezone=cfg.history.timezone))
+        await self.kpis.restore()  # the day so far, before the AMI link brings more
         sinks: list[Sink] = [self.views, self.hub]  # the views first: a snapshot is never behind a push
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(config=cfg.mqtt, commands=self._mqtt_command)
@@ -528,6 +531,8 @@ class CtiServer:
                 "ended": dict(self.ivr_ended), "flows": sorted(self.flows), **self._flow_counts()},
             "routing": {"mode": "observe"} if self.router is None else {
                 "mode": "cti", "pending_events": self.router.pending, **dataclasses.asdict(self.router.counters)},
+            "kpi": {"facts_unsaved": self.kpis.unsaved, "facts_saved": self.kpis.saved,
+                    "facts_restored": self.kpis.restored},
             "live_calls": len(self.model.calls),
             "uptime_s": round(time.time() - self.started_at, 1),
         }

@@ -12,12 +12,15 @@ import asyncio
 import math
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 
+from cti.app import CtiServer
 from cti.config import AgentConfig
+from cti.sim.server import AmiServer
 from tests.e2e import ManualClock, eventually, make_config, running
 from tests.kpi_expect import figures_of, metric_values, queue_visits, same
 
@@ -125,3 +128,63 @@ async def test_every_kpi_equals_the_simulators_records(redis_url: str, mqtt_port
     assert math.isclose(api["today"]["all"][""]["repeat_rate"], repeats / calls, abs_tol=1e-4)
     assert metrics[("cti_kpi_agents", (("state", "ready"),))] + metrics[
         ("cti_kpi_agents", (("state", "wrap_up"),))] == len(AGENTS)
+
+
+async def test_the_days_figures_survive_a_restart_and_count_each_call_once(redis_url: str, mqtt_port: int) -> None:
+    """A server stopped with calls waiting and talking, and another started on the same Redis: the day
+    so far is back on its board at once, and the calls that were live are counted once, not again
+    for the part of them the first server had counted. The simulator's clock stands still between."""
+    config = make_config(redis_url=redis_url, mqtt_port=mqtt_port, ring_s=1, mean_talk_s=20, mean_patience_s=20,
+                         channel_style="local", overflow_share=0.5, overflow_timeout_s=6, second_queue_share=0.7,
+                         seed=5)
+    config = config.model_copy(update={"agents": AGENTS, "kpi": config.kpi.model_copy(update={
+        "service_level_by_queue": {"sales": 10.0}, "short_abandon_s": SHORT_S})})
+    clock, rnd = ManualClock(), random.Random(5)
+    placed: list[str] = []
+
+    def drive(seconds: int) -> Iterator[None]:
+        for _ in range(seconds):
+            if rnd.random() < 0.4:
+                placed.append(sim.sim.place_call(f"1370000{rnd.randrange(20):04d}", "Caller",
+                                                 patience=rnd.uniform(2, 40)))
+            for _ in range(4):
+                clock.advance(0.25)
+                sim.sim.tick()
+                yield
+
+    async with AmiServer(config=config.sim, agents=config.agents, port=0, random_arrivals=False, clock=clock) as sim:
+        config = config.model_copy(update={"ami": config.ami.model_copy(update={"port": sim.port})})
+        async with CtiServer(config) as first:
+            await eventually(lambda: first.health()["ok"])
+            for _ in drive(40):
+                await asyncio.sleep(0)
+            live = {c for c in placed if c in sim.sim.pbx.calls}
+            await eventually(lambda: all(c in first.model.calls for c in live))
+            talking = [c for c in live if first.model.calls[c].talking is not None]
+            waiting = [c for q in first.model.queues.values() for c in q.waiting]
+            assert talking and waiting, "a restart with calls half counted"
+            await eventually(lambda: not first.store._dirty and first.kpis.unsaved == 0 and not first.kpis._arrivals)
+            before = first.kpis.book.figures(clock())["today"]
+        async with CtiServer(config) as second:
+            await eventually(lambda: second.health()["ok"])
+            assert second.kpis.book.figures(clock())["today"] == before, "the day so far, back at once"
+            for _ in drive(30):
+                await asyncio.sleep(0)
+            for linkedid in placed:
+                call = sim.sim.pbx.calls.get(linkedid)
+                if call is not None:
+                    sim.sim.hangup(call.caller.name)
+            clock.advance(1)
+            sim.sim.tick()
+            await eventually(lambda: not sim.sim.pbx.calls and not second.model.calls, timeout=30)
+            queued = [r for r in sim.sim.pbx.records if r["linkedid"] in placed and r["queue"] is not None]
+            await eventually(lambda: second.kpis.book.figures(clock())["today"]["all"][""]["arrivals"]
+                             == len(queued), timeout=20)
+            final = second.kpis.book.figures(clock())
+            got = final["today"]
+
+    records = [r for r in sim.sim.pbx.records if r["linkedid"] in placed]
+    want = figures_of(queue_visits(records, final["day"], THRESHOLD), SHORT_S)
+    assert want[("all", "")]["answered"] > before["all"][""]["answered"] > 0
+    for (kind, value), w in want.items():
+        same(got[kind][value], w, f"after the restart: today {kind} {value}")

@@ -16,7 +16,7 @@ def test_a_wrap_up_runs_from_its_status_to_the_agents_next_one() -> None:
     assert wraps.status("alice", "on_call", "c1", 101.0) is None
     assert wraps.status("alice", "wrap_up", "c1", 130.0) is None
     assert wraps.status("alice", "wrap_up", "c1", 135.0) is None, "extended: the same wrap-up"
-    assert wraps.status("alice", "ready", None, 142.5) == WrapUp(DIMS, 142.5, 12.5)
+    assert wraps.status("alice", "ready", None, 142.5) == WrapUp(DIMS, 142.5, 12.5, "c1", "alice")
     assert len(wraps) == 0
 
 
@@ -24,7 +24,7 @@ def test_a_wrap_up_over_before_its_hold_is_told_waits_for_it() -> None:
     wraps = WrapUps()
     wraps.status("bob", "wrap_up", "c2", 10.0)
     assert wraps.status("bob", "not_ready", None, 13.0) is None
-    assert wraps.answered("c2", "bob", DIMS, 5.0) == WrapUp(DIMS, 13.0, 3.0)
+    assert wraps.answered("c2", "bob", DIMS, 5.0) == WrapUp(DIMS, 13.0, 3.0, "c2", "bob")
 
 
 def test_what_is_not_a_routed_call_is_not_a_wrap_up() -> None:

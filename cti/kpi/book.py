@@ -235,6 +235,10 @@ class KpiBook:
         """The time of the newest fact: "now" never goes behind it (a clock a little behind Asterisk's)."""
         return self._latest
 
+    def midnight(self, at: float) -> float:
+        """The start of ``at``'s local day."""
+        return datetime.fromisoformat(self._local_date(at)).replace(tzinfo=self._zone).timestamp()
+
     def _local_date(self, at: float) -> str:
         return datetime.fromtimestamp(at, self._zone).date().isoformat()
 
@@ -242,7 +246,7 @@ class KpiBook:
         day = self._local_date(now)
         if day != self._day:
             self._day = day
-            midnight = datetime.fromisoformat(day).replace(tzinfo=self._zone).timestamp()
+            midnight = self.midnight(now)
             self._slots = {s: c for s, c in self._slots.items() if s >= midnight}
 
 

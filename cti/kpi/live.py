@@ -27,6 +27,7 @@ from cti.config import KpiConfig
 from cti.directory.numbers import normalise_number
 from cti.kpi.book import KpiBook, KpiRules, VisitEnd, dims_of
 from cti.kpi.erlang import agents_needed
+from cti.kpi.facts import Arrived, Fact, Handled, RedisFacts, tell
 from cti.kpi.wrapups import WrapUp, WrapUps
 from cti.model import events as ev
 from cti.model.events import DomainEvent
@@ -43,6 +44,7 @@ log = structlog.get_logger(__name__)
 PUSH_EVERY_S = 0.2
 REFRESH_S = 5.0
 SEND_TIMEOUT_S = 2.0
+MAX_UNSAVED = 200_000  # facts kept while Redis is away (a busy day's hours)
 STATES = ("logged_out", "ready", "not_ready", "offered", "on_call", "wrap_up")
 
 
@@ -105,7 +107,7 @@ class KpiService:
     def __init__(self, *, config: KpiConfig, timezone: str, model: CallModel, agents: AgentRegistry,
                  view: Callable[[str], AgentView], customer_of: Callable[[str], dict[str, Any] | None],
                  repeats: Repeats | None, clock: Callable[[], float] = time.time, place: Place | None = None,
-                 retry_s: float = 1.0) -> None:
+                 facts: RedisFacts | None = None, retry_s: float = 1.0) -> None:
         self.config = config
         self.book = KpiBook(rules_of(config, timezone))
         self._model = model
@@ -116,6 +118,11 @@ class KpiService:
         self._clock = clock
         self._place = place
         self._retry_s = retry_s
+        self._facts = facts
+        self._loaded: set[str] = set()  # ids of the facts a restart read back: told already
+        self._unsaved: list[tuple[str, Fact]] = []
+        self._saving: list[tuple[str, Fact]] = []  # the batch on its way to Redis
+        self._fact_queued = asyncio.Event()
         self._wraps = WrapUps()
         self._counted: dict[str, int] = {}  # linkedid -> segments already counted (closed ones, in order)
         self._holds_counted: dict[str, int] = {}  # linkedid -> the router's holds already counted
@@ -127,6 +134,8 @@ class KpiService:
         self._boards: set[web.WebSocketResponse] = set()
         self.changes = 0  # facts counted: a test or benchmark waits for one
         self.pushed = 0  # boards sent
+        self.saved = 0  # facts written to Redis
+        self.restored = 0  # facts read back at start
 
     # --- fed by the pipeline and the notifier ----------------------------------------------------
 
@@ -145,8 +154,9 @@ class KpiService:
             if queue is None:
                 continue  # a direct hand-off to an agent: no queue to count it in
             at = seg.get("left_at") or event.ts or self._clock()
-            self.book.visit_ended(VisitEnd(queue=queue, at=at, outcome=seg["outcome"], wait_s=seg.get("wait_s") or 0.0,
-                                           reason=seg.get("reason"), tier=self._tier(linkedid)))
+            self._tell(f"v:{linkedid}:{counted - 1}",
+                       VisitEnd(queue=queue, at=at, outcome=seg["outcome"], wait_s=seg.get("wait_s") or 0.0,
+                                reason=seg.get("reason"), tier=self._tier(linkedid)))
         if counted != done:
             self._counted[linkedid] = counted
             self._touch()
@@ -169,9 +179,9 @@ class KpiService:
             counted += 1
             entry, tier, skills = self.placed(linkedid, hold.get("entry"))
             at = hold.get("left_at") or ts or self._clock()
-            self.book.visit_ended(VisitEnd(queue=None, entry=entry, skills=skills, tier=tier, at=at,
-                                           outcome=hold["outcome"], wait_s=hold.get("wait_s") or 0.0,
-                                           reason=hold.get("reason")))
+            self._tell(f"h:{linkedid}:{counted - 1}",
+                       VisitEnd(queue=None, entry=entry, skills=skills, tier=tier, at=at, outcome=hold["outcome"],
+                                wait_s=hold.get("wait_s") or 0.0, reason=hold.get("reason")))
             if hold["outcome"] == "answered" and hold.get("leg") and hold.get("agent_id"):
                 self._wrapped(self._wraps.answered(hold["leg"], hold["agent_id"],
                                                    dims_of(None, tier, entry, skills), at))
@@ -181,8 +191,42 @@ class KpiService:
 
     def _wrapped(self, wrap: WrapUp | None) -> None:
         if wrap is not None:
-            self.book.wrapped_up(wrap.dims, wrap.at, wrap.wrap_s)
+            self._tell(wrap.id, wrap)
             self._touch()
+
+    def _tell(self, fact_id: str, fact: Fact) -> None:
+        """Count a fact once (a restart read it back already), and keep it in Redis."""
+        if fact_id in self._loaded:
+            return
+        tell(self.book, fact)
+        if self._facts is not None:
+            if len(self._unsaved) >= MAX_UNSAVED:
+                del self._unsaved[: MAX_UNSAVED // 10]
+                log.warning("kpi.facts_dropped", facts=MAX_UNSAVED // 10, why="Redis away too long",
+                            effect="a restart will not count them")
+            self._unsaved.append((fact_id, fact))
+            self._fact_queued.set()
+
+    async def restore(self) -> int:
+        """Tell the book today's facts and the rolling window's, as kept in Redis (a restart, or
+        another server's day); how many. Redis away: none, and the day starts again (logged)."""
+        if self._facts is None:
+            return 0
+        now = self._clock()
+        since = min(now - self.book.rules.window_s, self.book.midnight(now))
+        try:
+            facts, bad = await self._facts.load(since, now)
+        except (RedisError, OSError) as exc:
+            log.warning("kpi.restore_failed", error=repr(exc), effect="today's figures start from now")
+            return 0
+        for fact_id, fact in sorted(facts, key=lambda f: f[1].at):
+            self._loaded.add(fact_id)
+            if fact.at >= since:
+                tell(self.book, fact)
+        log.info("kpi.restored", facts=len(facts), unreadable=bad)
+        self.restored = len(facts)
+        self._touch()
+        return len(facts)
 
     def placed(self, linkedid: str, entry: str | None) -> tuple[str, str, tuple[str, ...]]:
         """Classed once, while the call is live (its variables go with it): a hold that ends at the
@@ -206,16 +250,17 @@ class KpiService:
         queued = [s for s in segments if s.get("queue") is not None]
         holds = data.get("holds") or ()
         end = data.get("ended_at") or ts or self._clock()
-        for seg in queued:
-            if seg.get("outcome") in ("answered", "transferred") and seg.get("talk_s") is not None:
-                self.book.handled(dims_of(seg["queue"], tier), end, float(seg["talk_s"]))
-        for hold in holds:
+        for n, seg in enumerate(segments):
+            if seg.get("queue") is not None and seg.get("outcome") in ("answered", "transferred") \
+                    and seg.get("talk_s") is not None:
+                self._tell(f"t:{linkedid}:{n}", Handled(dims_of(seg["queue"], tier), end, float(seg["talk_s"])))
+        for n, hold in enumerate(holds):
             # the router's hand-off the hold ended in: answered at the very moment the hold ended
             talk = next((s.get("talk_s") for s in segments if s.get("queue") is None
                          and s.get("left_at") == hold.get("left_at") and s.get("talk_s") is not None), None)
             if hold.get("outcome") == "answered" and talk is not None:
                 entry, hold_tier, skills = self.placed(linkedid, hold.get("entry"))
-                self.book.handled(dims_of(None, hold_tier, entry, skills), end, float(talk))
+                self._tell(f"t:{linkedid}:h{n}", Handled(dims_of(None, hold_tier, entry, skills), end, float(talk)))
         number = normalise_number(data.get("caller"))
         waits = [w.get("joined_at") for w in (*holds, *queued)]
         if waits and not data.get("merged_into"):
@@ -224,7 +269,7 @@ class KpiService:
                 self._arrivals.append((linkedid, number, at))
                 self._arrival_queued.set()
             else:
-                self.book.arrived(at, repeat=False)
+                self._tell(f"a:{linkedid}", Arrived(at, repeat=False))
         self._counted.pop(linkedid, None)
         self._holds_counted.pop(linkedid, None)
         self._places.pop(linkedid, None)
@@ -336,6 +381,8 @@ class KpiService:
                 group.create_task(self._look_up_repeats(), name="cti.kpi.repeats")
             if statuses is not None:
                 group.create_task(self._follow_wrap_ups(statuses), name="cti.kpi.wrap_ups")
+            if self._facts is not None:
+                group.create_task(self._save_facts(self._facts), name="cti.kpi.facts")
 
     async def _push_boards(self) -> None:
         while True:
@@ -374,9 +421,46 @@ class KpiService:
                             action="counted as first calls")
                 repeats = [False] * len(batch)
             raise_if_cancelling()  # a cancel redis-py's wait_for swallowed as the reply came
-            for (_, _, at), repeat in zip(batch, repeats, strict=True):
-                self.book.arrived(at, repeat=repeat)
+            for (linkedid, _, at), repeat in zip(batch, repeats, strict=True):
+                self._tell(f"a:{linkedid}", Arrived(at, repeat=repeat))
             self._touch()
+
+    async def _save_facts(self, facts: RedisFacts) -> None:
+        """The facts counted, into Redis in batches; Redis away: kept, and sent again once it is back.
+        A server that stops writes what it has left first (one that is killed loses the last batch)."""
+        try:
+            while True:
+                await self._fact_queued.wait()
+                self._fact_queued.clear()
+                self._saving, self._unsaved = self._unsaved, []
+                try:
+                    await facts.save(self._saving)
+                except (RedisError, OSError) as exc:
+                    raise_if_cancelling()
+                    self._unsaved = self._saving + self._unsaved
+                    self._saving = []
+                    self._fact_queued.set()
+                    log.warning("kpi.facts_unsaved", facts=len(self._unsaved), error=repr(exc), retry_s=self._retry_s)
+                    await asyncio.sleep(self._retry_s)
+                    continue
+                self.saved += len(self._saving)
+                self._saving = []
+                raise_if_cancelling()
+        finally:
+            left = self._saving + self._unsaved  # with the batch a stop cut short (HSETNX: twice is once)
+            self._saving, self._unsaved = [], []
+            if left:
+                try:
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await facts.save(left)
+                    self.saved += len(left)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("kpi.facts_lost_at_stop", facts=len(left), error=repr(exc))
+
+    @property
+    def unsaved(self) -> int:
+        """Facts counted that are not in Redis yet."""
+        return len(self._unsaved) + len(self._saving)
 
     async def _follow_wrap_ups(self, statuses: StatusFeed) -> None:
         """Every agent's statuses, from this server's start on: the wrap-ups' ends. Redis away is waited

@@ -29,6 +29,13 @@ class WrapUp:
     dims: tuple[Dim, ...]
     at: float  # when it ended
     wrap_s: float
+    call: str = ""
+    agent: str = ""
+
+    @property
+    def id(self) -> str:
+        """The same on every server: its call and agent, and its end by Redis's clock."""
+        return f"w:{self.call}:{self.agent}:{self.at!r}"
 
 
 class WrapUps:
@@ -43,7 +50,7 @@ class WrapUps:
         key = (leg, agent)
         ended = self._ended.pop(key, None)
         if ended is not None:
-            return WrapUp(dims, *ended)
+            return WrapUp(dims, *ended, *key)
         _prune(self._answered, at - self._keep_s)
         self._answered[key] = (at, dims)
         return None
@@ -64,7 +71,7 @@ class WrapUps:
     def _over(self, key: Key, at: float, wrap_s: float) -> WrapUp | None:
         answered = self._answered.pop(key, None)
         if answered is not None:
-            return WrapUp(answered[1], at, round(wrap_s, 3))
+            return WrapUp(answered[1], at, round(wrap_s, 3), *key)
         _prune(self._ended, at - self._keep_s)
         self._ended[key] = (at, round(wrap_s, 3))
         return None
