@@ -53,6 +53,7 @@ from cti.pipeline import ListActions
 from cti.router import agent_state, resync
 from cti.router.agent_state import AgentStateError, UnknownAgentError
 from cti.router.intake import Intake, waiting_call
+from cti.router.lag import EventLag
 from cti.router.reconcile import MARKS, Correction, Reconciler, Rules
 from cti.router.store import RouterStore
 from cti.supervise import raise_if_cancelling
@@ -206,6 +207,7 @@ class RoutingController:
         self._sweep_ms = max(1, int(mode.sweep_s * 1000))
         self._clock_rate = clock_rate
         self._reconciler = Reconciler(self._agents)
+        self._lag = EventLag()
         self._snapshots: deque[_Snapshot] = deque()
         self._resync_login: int | None = None
         self._missing: frozenset[str] = frozenset()  # calls the last resync found gone (a live link confirms)
@@ -290,6 +292,7 @@ class RoutingController:
         """One event, now. A Redis failure is logged and the event skipped: the sweep, the next
         event of the call or (at worst) the dialplan's hold limit picks the call up again."""
         handler = self._handlers.get(msg.event or "")
+        self._lag.saw(msg.timestamp(), self._now())
         if msg.event in ("DialBegin", "DialEnd"):  # anyone's dial to an agent's phone: not a lost call's end
             self._reconciler.observe_dial(msg.event or "", msg.get("DestChannel") or "", self._now())
         if handler is not None:
@@ -360,7 +363,8 @@ class RoutingController:
         relaxed the requirements takes effect), best call first, while anyone is ready."""
         now = self._now()
         await self._reconcile(now)
-        cutoff = now - int(self._mode.reservation_timeout_s * 1000)
+        # Behind the event stream, an offer's DialBegin may still be in the backlog: look back that much more.
+        cutoff = now - self._lag.lag_ms() - int(self._mode.reservation_timeout_s * 1000)
         for call_id, agent_id in await self._store.expire_offers(cutoff):
             self.counters.offer_expired += 1
             self._tried.pop(call_id, None)

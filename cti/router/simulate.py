@@ -288,7 +288,7 @@ class ScaledClock:
 
 class _Controller(RoutingController):
     """The controller as it is, watched: how late (simulated seconds after the event's Timestamp) it
-    handles each event. Near ``reservation_timeout_s``, its sweep would take its own offers for stale."""
+    handles each event. Its sweep allows for that lag (``cti/router/lag.py``); the governor keeps it small."""
 
     def __init__(self, *args: Any, clock: ScaledClock, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -529,7 +529,7 @@ async def simulate(*, calls: int = 2000, agents: int = 40, vip_share: float = 0.
                         "mean": round(run.lag_sum_s * 1000 / max(1, run.wakes), 2)},
         "router_backlog_max": run.backlog_max,
         "router_late_s_max": round(max(s.controller.late_max_s for s in fleet), 2),
-        # a server this late may have taken its own live offers for a dead server's: the run is not evidence
+        # a server this late recovers a dead server's offers that much later: the run is not evidence
         "overloaded": max(s.controller.late_max_s for s in fleet) > reservation_timeout_s / 2,
         "clock": {"speed": speed, "slowed": run.slowed, "slowest": round(min(run.rate_min, speed), 2),
                   "stalled_wall_s": round(clock.frozen_s, 2),
