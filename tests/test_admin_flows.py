@@ -69,3 +69,23 @@ async def test_versions_activate_roll_back_and_survive_a_restart(redis_client: a
     assert back["version"] == 1 and first.text("onechoice") == FLOW
     actions = [(e["action"], e["detail"]["version"]) for e in await first.audit.recent()]
     assert actions == [("ivr.rolled_back", 1), ("ivr.activated", 2), ("ivr.version_added", 2)]
+
+
+async def test_a_write_that_fails_after_activation_is_put_right_from_redis(redis_client: aioredis.Redis,
+                                                                         tmp_path: Path) -> None:
+    """Redis is changed first: a flows directory that refuses the write leaves the version in force in
+    Redis, and the server's next start (or its follow loop) writes it; never a file ahead of Redis."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "onechoice.yaml").write_text(FLOW)
+    first = await admin(redis_client, flows)
+    edited = FLOW.replace("description: one choice", "description: one choice, edited")
+    v2 = await first.propose("onechoice", edited, who="root", role="admin")
+    (flows / ".onechoice.yaml.tmp").mkdir()  # the atomic write's temporary file cannot be made
+    with pytest.raises(OSError):
+        await first.activate("onechoice", v2, who="root", role="admin")
+    assert await first.versions("onechoice").active() == 2 and first.text("onechoice") == FLOW
+    assert first.in_force == {"onechoice": 1}, "so the follow loop writes it once it can"
+    (flows / ".onechoice.yaml.tmp").rmdir()
+    again = await admin(redis_client, flows)
+    assert again.in_force == {"onechoice": 2} and again.text("onechoice") == edited

@@ -122,8 +122,10 @@ class FlowAdmin:
                        action: str = "ivr.activated") -> dict[str, Any]:
         flow = validate_flow(name, version.config["yaml"])  # a version stored before a stricter check
         previous = self.in_force.get(name)
-        self._write(name, version.config["yaml"])
+        # Redis first: a file written and then a Redis failure would leave this server alone on the new
+        # version, and put back at its next start. A write that fails after it, :meth:`follow` tries again.
         await self.versions(name).activate(version.version)
+        self._write(name, version.config["yaml"])
         self.in_force[name] = version.version
         self._reload()
         await self.audit.record(who=who, role=role, action=action, flow=name, version=version.version,

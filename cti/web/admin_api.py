@@ -11,7 +11,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from cti.admin.flows import FLOW_NAME, FlowAdmin
-from cti.admin.routing import ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml, load_yaml
+from cti.admin.routing import FOLLOW_S, ActivationRefused, ConfigInvalid, RoutingAdmin, as_yaml, load_yaml
 from cti.admin.versions import AuditLog, ConfigVersions, Version, diff_text
 from cti.auth.tokens import Principal, Role
 from cti.auth.web import http_error, require
@@ -146,6 +146,11 @@ def _invalid(exc: ConfigInvalid) -> web.Response:
                           "stored and the version in force is unchanged", errors=exc.errors)
 
 
+def _unwritten(name: str, exc: OSError) -> web.Response:
+    return error_response(503, "flow-not-written", f"the version is in force in Redis, but this server could not "
+                          f"write {name}.yaml ({exc.strerror or exc}); it tries again every {FOLLOW_S:g} s")
+
+
 def flow_routes(flows: FlowAdmin | None) -> list[web.RouteDef]:
     """``flows`` is None when the server runs no FastAGI (``agi.enabled: false``)."""
 
@@ -215,6 +220,8 @@ def flow_routes(flows: FlowAdmin | None) -> list[web.RouteDef]:
             return web.json_response(await admin().activate(name, version, who=who.subject, role=who.role))
         except ConfigInvalid as exc:
             return _invalid(exc)
+        except OSError as exc:
+            return _unwritten(name, exc)
 
     async def rollback(request: web.Request) -> web.Response:
         who = await require(request, "admin")
@@ -222,6 +229,8 @@ def flow_routes(flows: FlowAdmin | None) -> list[web.RouteDef]:
             return web.json_response(await admin().rollback(name_of(request), who=who.subject, role=who.role))
         except LookupError as exc:
             return error_response(409, "nothing-to-roll-back", str(exc))
+        except OSError as exc:
+            return _unwritten(request.match_info["name"], exc)
 
     base = "/api/admin/ivr/{name}"
     return [web.get("/api/admin/ivr", listing), web.get(base, current), web.get(f"{base}/versions", versions),
@@ -236,7 +245,8 @@ def _op(summary: str, role: str, *, body: dict[str, Any] | None = None, ok: str 
     for code in errors:
         responses[code] = {"description": {"404": "no such version", "409": "refused: would strand waiting calls, "
                                            "or nothing to roll back", "422": "invalid: `errors` lists each field "
-                                           "path and why"}[code],
+                                           "path and why", "503": "in force in Redis; this server's flow file not "
+                                           "written yet (it tries again)"}[code],
                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}], "responses": responses}
     if body is not None:
@@ -303,9 +313,9 @@ def openapi() -> dict[str, Any]:
                 "parameters": [name_path, version_path]}},
             "/api/admin/ivr/{name}/versions/{version}/activate": {"post": {**_op(
                 "put the version in force on every server: the next caller runs it, callers in the flow finish "
-                "on theirs", "admin", errors=("404", "422")), "parameters": [name_path, version_path]}},
+                "on theirs", "admin", errors=("404", "422", "503")), "parameters": [name_path, version_path]}},
             "/api/admin/ivr/{name}/rollback": {"post": {**_op("put the flow's version in force before this one "
-                                                              "back", "admin", errors=("409",)),
+                                                              "back", "admin", errors=("409", "503")),
                                                         "parameters": [name_path]}},
             "/api/admin/audit": {"get": _op("every change and forced agent state, newest first", "supervisor")},
         },

@@ -1,7 +1,8 @@
 "use strict";
-// The routing admin page: edit tiers in a form or the whole config as YAML; every save is a new
-// version the server validates (errors come back with the field path and are shown next to the
-// field); a version is dry-run against the calls waiting now, then activated. Text only, never HTML.
+// The routing admin page: edit tiers in a form or the whole config as YAML, and each IVR flow as YAML;
+// every save is a new version the server validates (errors come back with the field path and are shown
+// next to the field); a routing version is dry-run against the calls waiting now, then activated; any
+// version can be activated again or rolled back. Text only, never HTML.
 const $ = (s) => document.querySelector(s);
 const cti = new CtiClient({token: CtiClient.tokenFromPage()});
 let current = null, proposed = null;
@@ -26,6 +27,17 @@ function number(value, path, attrs = {}) {
   input.setAttribute("aria-label", path);
   for (const [k, v] of Object.entries(attrs)) input.setAttribute(k, v);
   return input;
+}
+
+// A version history (routing config or one flow): activate any version not in force, diff against its parent.
+function versionRows(versions, activate, diff) {
+  return versions.map((v) => {
+    const tr = row([String(v.version), v.author, when(v.at), v.comment, v.parent,
+      v.active ? "" : button("Activate", () => activate(v.version))]);
+    tr.children[0].append(" ", button("diff", () => diff(v.version)));
+    if (v.active) tr.className = "active";
+    return tr;
+  });
 }
 
 function showErrors(list, errors) {
@@ -53,15 +65,10 @@ async function load() {
       number(t.service_level.within_s, `tiers.${name}.service_level.within_s`),
       number(t.customer_vip_tier, `tiers.${name}.customer_vip_tier`)])));
     if (!$("#yaml").dataset.edited) $("#yaml").value = routing.yaml;
-    $("#versions").replaceChildren(...versions.map((v) => {
-      const tr = row([String(v.version), v.author, when(v.at), v.comment, v.parent,
-        v.active ? "" : button("Activate", () => activate(v.version))]);
-      tr.children[0].append(" ", button("diff", () => diff(v.version)));
-      if (v.active) tr.className = "active";
-      return tr;
-    }));
+    $("#versions").replaceChildren(...versionRows(versions, activate, diff));
     $("#audit").replaceChildren(...audit.map((e) => row([when(e.at), e.who + " (" + e.role + ")", e.action,
       Object.entries(e.detail).filter(([, v]) => v !== null && v !== "").map(([k, v]) => k + " " + v).join(", ")])));
+    await loadFlows();
   } catch (e) {
     if (e.status === 401) { CtiClient.forgetToken(); cti.token = null; showSignIn(); return; }
     say(e.status === 404 ? "this server is in observe mode: app_queue routes, there is no routing config to edit"
@@ -117,10 +124,70 @@ async function activate(version) {
   } catch (e) { say(e.body?.message || "not activated (" + e.status + ")", "error"); }
 }
 
-async function diff(version) {
-  const v = await cti.api(`/api/admin/routing/versions/${version}`);
-  $("#diff").hidden = false;
-  $("#diff").textContent = v.diff || "(no changes against version " + v.diff_against + ")";
+async function diff(version, base = "/api/admin/routing", at = "#diff") {
+  const v = await cti.api(`${base}/versions/${version}`);
+  $(at).hidden = false;
+  $(at).textContent = v.diff || "(no changes against version " + v.diff_against + ")";
+}
+
+async function rollback(path, what) {
+  try {
+    const r = await cti.api(path, {method: "POST", body: {}});
+    say(what + ": version " + r.version + " is back in force (was " + r.previous + ")");
+    $("#yaml").dataset.edited = ""; $("#flow-yaml").dataset.edited = "";
+    await load();
+  } catch (e) { say(e.body?.message || "not rolled back (" + e.status + ")", "error"); }
+}
+
+// ----- IVR flows: the same cycle per flow file (save a version, activate, roll back) ---------------
+
+const flowBase = () => "/api/admin/ivr/" + encodeURIComponent($("#flow-name").value);
+
+async function loadFlows() {
+  let flows;
+  try { flows = await cti.api("/api/admin/ivr"); } catch (e) {
+    if (e.status === 404) { $("#flows-card").hidden = true; return; }  // agi.enabled is false here
+    throw e;
+  }
+  $("#flows-card").hidden = !flows.length;
+  if (!flows.length) return;
+  const chosen = $("#flow-name").value || flows[0].name;
+  $("#flow-name").replaceChildren(...flows.map((f) => new Option(f.name, f.name, false, f.name === chosen)));
+  await loadFlow();
+}
+
+async function loadFlow() {
+  const [flow, versions] = await Promise.all([cti.api(flowBase()), cti.api(flowBase() + "/versions")]);
+  $("#flow-in-force").textContent = "version " + flow.version + " in force";
+  if (!$("#flow-yaml").dataset.edited) $("#flow-yaml").value = flow.yaml;
+  $("#flow-versions").replaceChildren(...versionRows(versions, activateFlow,
+    (v) => diff(v, flowBase(), "#flow-diff")));
+}
+
+async function saveFlow() {
+  say("checking…", "pending");
+  try {
+    const v = await cti.api(flowBase() + "/versions", {method: "POST",
+      body: {yaml: $("#flow-yaml").value, comment: $("#flow-comment").value}});
+    showErrors("#flow-errors", []); $("#flow-yaml").classList.remove("invalid"); $("#flow-comment").value = "";
+    say("flow " + $("#flow-name").value + " saved as version " + v.version + "; not in force until activated");
+    await loadFlow();
+  } catch (e) {
+    if (e.status === 422) {
+      showErrors("#flow-errors", e.body?.details?.errors || []); $("#flow-yaml").classList.add("invalid");
+      say(e.body.message, "error");
+    } else say(e.body?.message || "not saved (" + e.status + ")", "error");
+  }
+}
+
+async function activateFlow(version) {
+  const name = $("#flow-name").value;
+  try {
+    const r = await cti.api(`${flowBase()}/versions/${version}/activate`, {method: "POST", body: {}});
+    say("flow " + name + " version " + r.version + " is in force (was " + r.previous + "): the next caller runs it");
+    $("#flow-yaml").dataset.edited = "";
+    await load();
+  } catch (e) { say(e.body?.message || "not activated (" + e.status + ")", "error"); }
 }
 
 function showSignIn() { CtiClient.showSignIn(cti, load); }
@@ -132,4 +199,9 @@ $("#yaml-form").onsubmit = (ev) => { ev.preventDefault(); save({yaml: $("#yaml")
 $("#yaml").oninput = () => { $("#yaml").dataset.edited = "1"; };
 $("#dry-run").onclick = () => dryRun().catch((e) => say(e.body?.message || "dry run failed", "error"));
 $("#activate").onclick = () => activate(proposed);
+$("#rollback").onclick = () => rollback("/api/admin/routing/rollback", "routing");
+$("#flow-form").onsubmit = (ev) => { ev.preventDefault(); saveFlow(); };
+$("#flow-yaml").oninput = () => { $("#flow-yaml").dataset.edited = "1"; };
+$("#flow-name").onchange = () => { $("#flow-yaml").dataset.edited = ""; $("#flow-diff").hidden = true; loadFlow(); };
+$("#flow-rollback").onclick = () => rollback(flowBase() + "/rollback", "flow " + $("#flow-name").value);
 load();
