@@ -25,6 +25,11 @@ def ami(*pairs: tuple[str, str]) -> Message:
     return msg
 
 
+def stamped(msg: Message, at_ms: int) -> Message:
+    """The event as Asterisk stamps it (``timestampevents``): sent at ``at_ms``."""
+    return Message(fields={**dict(msg.items()), "Timestamp": f"{at_ms / 1000:.6f}"})
+
+
 @dataclass(frozen=True)
 class Caller:
     """A caller's channels as extensions_cti.conf makes them: ``;1`` the phone, ``;2`` the held channel."""

@@ -26,7 +26,7 @@ from cti.router.agent_state import AgentStateError, UnknownAgentError
 from cti.router.controller import RoutingController
 from routing.config import RoutingConfig, parse_routing_config
 from routing.model import AgentStatus
-from tests.cti_calls import Caller, ManualClock, ami
+from tests.cti_calls import Caller, ManualClock, ami, stamped
 from tests.traces import trace_bytes
 
 pytestmark = pytest.mark.network
@@ -536,27 +536,22 @@ async def test_a_reservation_no_dial_followed_is_requeued(make_server: Callable[
     assert await server.store.reservations() == {stale.uid: "dora", ringing.uid: "alice"}
 
 
-def _stamped(msg: Message, at_ms: int) -> Message:
-    """The event as Asterisk stamps it (``timestampevents``): sent at ``at_ms``."""
-    return Message(fields={**dict(msg.items()), "Timestamp": f"{at_ms / 1000:.6f}"})
-
-
 async def test_a_server_behind_its_events_does_not_take_its_own_offer_for_stale(
         make_server: Callable[..., Awaitable[Server]], clock: ManualClock) -> None:
     """The offer's DialBegin left Asterisk in time but waits in this server's backlog: the sweep looks back
     as far as the events are late, so the call is not offered to a second agent (two phones ringing)."""
     server = await make_server(agents={"dora": ("not_ready", 0), "alice": ("not_ready", 0), "bob": ("not_ready", 0)})
     first, other = Caller(1), Caller(2)
-    await feed(server, _stamped(first.hold(), clock.now))
+    await feed(server, stamped(first.hold(), clock.now))
     await server.controller.set_ready("dora")
     offered_at = clock.now
     clock.advance(12)  # reservation_timeout_s is 10: the server was busy elsewhere
-    await feed(server, _stamped(other.hold(), offered_at + 500))  # 11.5 s late
+    await feed(server, stamped(other.hold(), offered_at + 500))  # 11.5 s late
     await server.controller.tick()
     assert server.controller.counters.offer_expired == 0
-    await feed(server, _stamped(first.dial_begin("1009"), offered_at + 1000))
+    await feed(server, stamped(first.dial_begin("1009"), offered_at + 1000))
     clock.advance(1)
-    await feed(server, _stamped(other.fallback(), clock.now))  # caught up: the lag is gone
+    await feed(server, stamped(other.fallback(), clock.now))  # caught up: the lag is gone
     await server.controller.tick()
     assert server.controller.counters.offer_expired == 0
     assert server.ami.offers() == [(first.channel, "dora")], "one phone rang"

@@ -48,7 +48,7 @@ from cti.router.store import AgentCall, HeldCall
 from routing.config import RoutingConfig, parse_routing_config
 from routing.model import AgentStatus, WaitingCall
 from tests import cti_calls
-from tests.cti_calls import ManualClock, ami
+from tests.cti_calls import ManualClock, ami, stamped
 
 AGENTS = [
     AgentConfig(id="alice", name="Alice", interface="Local/1001@sim-agents/n", extension="1001"),
@@ -83,6 +83,15 @@ def test_device_states_as_asterisk_names_them() -> None:
 def test_the_rules_have_the_documented_thresholds() -> None:
     assert (RULES.grace_ms, RULES.dial_ms, RULES.wrapup_ms, RULES.unavailable_reason) == (
         20_000, 25_000, 5_000, "no_answer")
+
+
+def test_a_server_behind_its_events_waits_that_much_longer() -> None:
+    late = RULES.behind(7_000)
+    assert (late.grace_ms, late.dial_ms, late.busy_grace_ms, late.wrapup_ms) == (
+        27_000, 32_000, RULES.busy_grace_ms + 7_000, 5_000)
+    assert RULES.behind(0) is RULES and RULES.behind(-5) is RULES
+    assert decide("reserved", "1.1", 5_000, idle(0), now_ms=30_000, rules=late) is None
+    assert decide("reserved", "1.1", 5_000, idle(0), now_ms=32_001, rules=late) is not None
 
 
 def idle(since_ms: int = 0, *, live: bool = True, raw: str = "NOT_INUSE") -> Device:
@@ -485,6 +494,28 @@ async def test_a_reservation_whose_no_answer_was_lost_is_requeued(
     assert server.controller.counters.stuck_reserved == 1
     assert server.ami.offers() == [(caller.channel, "alice")] * 2, "back in its place and offered again"
     assert await server.store.reservations() == {caller.uid: "alice"}
+
+
+@network
+async def test_a_server_behind_its_events_waits_for_them_before_it_judges_a_phone(
+        make_server: Callable[..., Awaitable[Server]], clock: ManualClock) -> None:
+    """Alice's phone rang and she answered, but those events wait in this server's backlog: by its own
+    clock the offer is past both the dial's time and the grace, by the events' Timestamp it is not."""
+    server = await make_server(agents={"alice": ("ready", 0), "bob": ("ready", 1)})
+    first, other = Caller(1), Caller(2)
+    offered_at = clock.now
+    await server.feed(stamped(device("1001", "NOT_INUSE"), offered_at), stamped(first.hold(), offered_at),
+                      stamped(first.dial_begin("1001"), offered_at + 100))
+    clock.advance(1)
+    await server.controller.tick()  # on time so far: the reservation is seen
+    clock.advance(29)  # the dial is 25 s in flight, the grace 20 s: the server was busy elsewhere
+    await server.feed(stamped(other.hold(), offered_at + 500))  # 29.5 s late
+    assert server.controller.counters.stuck_reserved == 0
+    await server.feed(stamped(device("1001", "RINGING"), offered_at + 600),
+                      stamped(device("1001", "INUSE"), offered_at + 4000),
+                      *(stamped(m, offered_at + 4000) for m in first.answered("1001")))
+    assert await server.status("alice") == ("on_call", None)
+    assert server.ami.offers() == [(first.channel, "alice"), (other.channel, "bob")], "one phone rang for each"
 
 
 @network

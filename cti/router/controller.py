@@ -765,7 +765,7 @@ class RoutingController:
         ids = self._reconciler.followed() if agents is None else agents
         if not ids:
             return
-        rules = Rules.of(self._mode, self.config)
+        rules = Rules.of(self._mode, self.config).behind(self._lag.lag_ms())
         for agent_id, seen in (await self._store.agent_calls(ids)).items():
             fix = self._reconciler.check(agent_id, seen.status, seen.call, now_ms=now, rules=rules,
                                          changed=agent_id in changed)

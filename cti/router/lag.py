@@ -3,7 +3,8 @@
 A server's sweep takes a reservation no ``DialBegin`` followed within ``reservation_timeout_s`` for
 stale. Measured by the server's own clock alone, a server that is behind its event stream (a burst, a
 busy core) would expire its own offers whose dial is already in its backlog, offer the call again and
-ring a second phone. So the sweep looks back that much further (:meth:`EventLag.lag_ms`).
+ring a second phone. So the sweep looks back that much further (:meth:`EventLag.lag_ms`), and the
+reconciliation against the phones' device states waits that much longer (``Rules.behind``).
 
 The lag is the latest event's age by its ``Timestamp`` less the smallest age seen over the last minutes:
 Asterisk's clock and this host's may differ by a constant, and a server on time handles some event at

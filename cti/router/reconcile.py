@@ -22,7 +22,8 @@ The rules (:func:`decide`), by the status in the store:
 * Both only for a device whose changes reach this server (``live``: a ``DeviceStateChange`` event,
   not only a list reply, was seen for it: a list nobody updates proves nothing), never while a dial to
   the phone is in flight (:attr:`Rules.dial_ms`), and measured from the later of the device's change
-  and the moment this server first saw the status (a new reservation restarts the count).
+  and the moment this server first saw the status (a new reservation restarts the count). A server
+  behind its events waits that much longer (:meth:`Rules.behind`): what would end the wait is in its backlog.
 * ``ready`` with a busy phone (INUSE, BUSY, RINGING, RINGINUSE, ONHOLD): a call outside routing. The
   agent goes ``on_call`` with :data:`BUSY_MARK` as its call (``ready`` → ``on_call`` is a step of
   :mod:`cti.router.agent_state`), so no match picks them. At once when the phone has just changed
@@ -51,7 +52,7 @@ states among them), and it is the dialled device that says whether the phone is 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from cti.agents import device_of, interface_device
@@ -115,6 +116,15 @@ class Rules:
         reservation_ms = int(mode.reservation_timeout_s * 1000)
         return cls(grace_ms=2 * reservation_ms, dial_ms=config.reservation.offer_timeout_s * 1000 + reservation_ms,
                    wrapup_ms=config.wrapup_s * 1000, unavailable_reason=config.reservation.rona_not_ready_reason)
+
+    def behind(self, lag_ms: int) -> Rules:
+        """The rules for a server ``lag_ms`` behind its events (:mod:`cti.router.lag`): the events that would
+        end the wait (a ``DialBegin``, a ``Hangup``, the idle state after a withdrawn offer) may sit in its
+        backlog, so every wait is that much longer. The wrap-up, a length of after-call work, is not a wait."""
+        if lag_ms <= 0:
+            return self
+        return replace(self, grace_ms=self.grace_ms + lag_ms, dial_ms=self.dial_ms + lag_ms,
+                       busy_grace_ms=self.busy_grace_ms + lag_ms)
 
 
 @dataclass(frozen=True, slots=True)
