@@ -2,8 +2,9 @@
 
 Write-behind: the pipeline tells :meth:`ModelStore.on_domain_event` which calls changed, and
 :meth:`ModelStore.run` writes those every ``interval`` seconds in one round trip (a finished call
-is deleted). A ``kill -9`` loses at most that interval of changes; the resync after the next
-login corrects the rest against Asterisk's own channel list.
+is deleted). A stop writes what is still dirty before it ends; a ``kill -9`` loses at most that
+interval of changes, and the resync after the next login corrects the rest against Asterisk's own
+channel list.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = ["ModelStore"]
 log = structlog.get_logger(__name__)
 
 FLUSH_S = 0.2
+STOP_FLUSH_TIMEOUT_S = 2.0  # a stop waits this long for Redis, not for ever
 
 
 class ModelStore:
@@ -61,14 +63,31 @@ class ModelStore:
         return calls
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
-            raise_if_cancelling()
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                await self.flush()
+                raise_if_cancelling()
+        finally:
+            # The changes of the last interval: a restart within it would resume those calls as they were.
+            if self._dirty:
+                try:
+                    async with asyncio.timeout(STOP_FLUSH_TIMEOUT_S):
+                        await self._write()
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("model_store.lost_at_stop", calls=len(self._dirty), error=repr(exc))
 
     async def flush(self) -> None:
         if not self._dirty:
             return
+        try:
+            await self._write()
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling()
+            log.warning("model_store.write_failed", calls=len(self._dirty), error=repr(exc))
+
+    async def _write(self) -> None:
+        """The dirty calls in one round trip; on an error they stay dirty, for the next round."""
         dirty, self._dirty = self._dirty, set()
         live: dict[FieldT, EncodableT] = {}
         gone: list[str] = []
@@ -85,9 +104,7 @@ class ModelStore:
                 if gone:
                     pipe.hdel(self._key, *gone)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise_if_cancelling()
-            self._dirty |= dirty  # written on the next round
-            log.warning("model_store.write_failed", calls=len(dirty), error=repr(exc))
-            return
+        except BaseException:
+            self._dirty |= dirty
+            raise
         self.written += len(dirty)
