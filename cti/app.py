@@ -571,7 +571,8 @@ async def run_server(config: Config, *, demo: bool = False) -> None:
             overview = "#token=" + (await server.tokens.issue("demo-admin", "admin", label="cti demo"))[0]
             for agent in config.agents:
                 links[agent.id] = "#token=" + (await server.tokens.issue(agent.id, "agent", label="cti demo"))[0]
-        print(f"\n  CTI server: {url}{overview}\n  wallboard: {url}wallboard{overview}\n  agent consoles:\n"
+        admin = f"  routing admin: {url}admin{overview}\n" if server.routing_admin is not None else ""
+        print(f"\n  CTI server: {url}{overview}\n  wallboard: {url}wallboard{overview}\n{admin}  agent consoles:\n"
               + "".join(f"    {url}agents/{agent_id}{link}\n" for agent_id, link in links.items())
               + f"  MQTT: mosquitto_sub -h {config.mqtt.host} -p {config.mqtt.port} "
               f"-t '{config.mqtt.topic_prefix}/#' -v\n", flush=True)
